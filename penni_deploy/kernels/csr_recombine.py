@@ -1,0 +1,87 @@
+"""Stage 2 of a PENNI layer: sparse recombination ``Y = epilogue(C_csr @ M)`` (CPU kernel).
+
+``C`` is the layer's coefficient matrix (Cout × n_maps, CSR, known at compile time) and ``M`` the
+basis maps from stage 1. Each task owns one output channel and a block of pixels; its block stays in
+vector registers while the row's nonzeros stream the matching map rows through it, so each
+coefficient costs one load and one FMA per vector. Empty rows produce just the epilogue.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import scipy.sparse
+from tvm import tirx
+from tvm.script.ir_builder import IRBuilder
+from tvm.script.ir_builder import tirx as T
+
+from .epilogue import Epilogue
+from .tir_helpers import F32, I32, pick_block, static_blocks
+
+
+def csr_recombine_kernel(batch: int, n_maps: int, pixels: int, out_channels: int, nnz: int,
+                         epilogue: Epilogue, *, lanes: int = 16) -> tirx.PrimFunc:
+    """Generate the CSR recombination PrimFunc for one layer.
+
+    Parameters
+    ----------
+    batch, n_maps, pixels, out_channels : int
+        ``M`` is ``(batch, n_maps, pixels)``; ``Y`` is ``(batch, out_channels, pixels)``.
+    nnz : int
+        Nonzeros of the coefficient matrix (>= 1; an all-zero layer is not lowered to this kernel).
+    epilogue : Epilogue
+        Which of bias, residual and ReLU to fuse.
+    lanes : int
+        float32 lanes per vector register; pixels are processed in blocks of ``4 * lanes``.
+
+    Returns
+    -------
+    tvm.tirx.PrimFunc
+        ``f(M, indptr, indices, data, [bias], [residual], Y)``.
+    """
+    block = pick_block(pixels, 4 * lanes)
+    with IRBuilder() as ib:
+        with T.prim_func():
+            T.func_name("penni_csr_recombine")
+            T.func_attr({"tir.noalias": True, "tir.is_scheduled": True})
+            M = T.arg("M", T.Buffer((batch, n_maps, pixels), F32))
+            indptr = T.arg("indptr", T.Buffer((out_channels + 1,), I32))
+            indices = T.arg("indices", T.Buffer((nnz,), I32))
+            data = T.arg("data", T.Buffer((nnz,), F32))
+            bias = T.arg("bias", T.Buffer((out_channels,), F32)) if epilogue.bias else None
+            residual = T.arg("residual", T.Buffer((batch, out_channels, pixels), F32)) if epilogue.residual else None
+            Y = T.arg("Y", T.Buffer((batch, out_channels, pixels), F32))
+
+            with T.parallel(0, batch * out_channels) as task:
+                n = task // out_channels
+                o = task % out_channels
+
+                def pixel_block(p0, size):
+                    acc = T.alloc_buffer((size,), F32, scope="local")
+                    with T.vectorized(0, size) as v:
+                        T.buffer_store(acc, T.float32(0), [v])
+                    with T.serial(indptr[o], indptr[o + 1]) as j:
+                        with T.vectorized(0, size) as v:
+                            T.buffer_store(acc, acc[v] + data[j] * M[n, indices[j], p0 + v], [v])
+                    with T.vectorized(0, size) as v:
+                        T.buffer_store(Y, apply_epilogue(epilogue, acc[v], bias, residual, n, o, p0 + v), [n, o, p0 + v])
+
+                static_blocks(pixels, block, pixel_block)
+    return ib.get()
+
+
+def apply_epilogue(epilogue: Epilogue, value, bias, residual, n, o, p):
+    """The TIR expression of ``epilogue`` applied to ``value`` at output ``(n, o, p)``."""
+    if epilogue.bias:
+        value = value + bias[o]
+    if epilogue.residual:
+        value = value + residual[n, o, p]
+    if epilogue.relu:
+        value = T.max(value, T.float32(0))
+    return value
+
+
+def csr_recombine_reference(maps: np.ndarray, coefs: scipy.sparse.csr_matrix, epilogue: Epilogue,
+                            bias: np.ndarray | None = None, residual: np.ndarray | None = None) -> np.ndarray:
+    """SciPy reference: ``epilogue(coefs @ maps[n])`` for each image ``n``."""
+    acc = np.stack([coefs @ maps[n].astype(np.float64) for n in range(maps.shape[0])])
+    return epilogue.apply_reference(acc, bias, residual)

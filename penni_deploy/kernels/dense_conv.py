@@ -1,0 +1,136 @@
+"""Dense convolution for the layers that are not PENNI layers (a dense stem, 1×1 shortcuts).
+
+TVM 0.27 ships no CPU schedule for conv2d, so this is a generated kernel: the input is gathered
+into an im2col buffer (skipped for a stride-1, unpadded 1×1 conv, which needs none), then a
+register-blocked GEMM keeps ``OB`` output channels × one pixel block in vector registers while the
+reduction runs. The epilogue (bias, residual, ReLU) is fused into the store.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from tvm import tirx
+from tvm.script.ir_builder import IRBuilder
+from tvm.script.ir_builder import tirx as T
+
+from .basis_conv import ConvGeometry
+from .csr_recombine import apply_epilogue
+from .epilogue import Epilogue
+from .tir_helpers import F32, largest_divisor_at_most, pick_block, static_blocks
+
+
+def needs_im2col(geom: ConvGeometry) -> bool:
+    """Whether the input must be gathered: anything but a stride-1, unpadded 1×1 conv."""
+    return not (geom.kernel_h == geom.kernel_w == 1 and geom.stride == (1, 1) and not any(geom.padding))
+
+
+def dense_conv_kernel(geom: ConvGeometry, out_channels: int, epilogue: Epilogue, *, lanes: int = 16,
+                      channel_block: int = 8) -> tirx.PrimFunc:
+    """Generate a dense NCHW conv2d (groups=1) with fused epilogue.
+
+    Parameters
+    ----------
+    geom : ConvGeometry
+        Input shape, kernel, stride, padding, dilation.
+    out_channels : int
+        Cout.
+    epilogue : Epilogue
+        Bias / residual / ReLU to fuse.
+    lanes : int
+        float32 lanes per vector register; pixels are blocked by ``2 * lanes``.
+    channel_block : int
+        Upper bound on output channels per register block (the largest divisor of Cout below it).
+
+    Returns
+    -------
+    tvm.tirx.PrimFunc
+        ``f(X, W, [bias], [residual], Y)`` with ``W (Cout, Cin*kh*kw)`` (the OIHW kernel, flattened).
+    """
+    g = geom
+    ho, wo = g.out_height, g.out_width
+    pixels = ho * wo
+    depth = g.in_channels * g.kernel_h * g.kernel_w
+    ob = largest_divisor_at_most(out_channels, channel_block)
+    block = pick_block(pixels, 2 * lanes)
+    (sh, sw), (dh, dw) = g.stride, g.dilation
+    top, left = g.padding[0], g.padding[1]
+
+    with IRBuilder() as ib:
+        with T.prim_func():
+            T.func_name("dense_conv")
+            T.func_attr({"tir.noalias": True, "tir.is_scheduled": True})
+            X = T.arg("X", T.Buffer((g.batch, g.in_channels, g.height, g.width), F32))
+            W = T.arg("W", T.Buffer((out_channels, depth), F32))
+            bias = T.arg("bias", T.Buffer((out_channels,), F32)) if epilogue.bias else None
+            residual = T.arg("residual", T.Buffer((g.batch, out_channels, pixels), F32)) if epilogue.residual else None
+            Y = T.arg("Y", T.Buffer((g.batch, out_channels, pixels), F32))
+
+            if needs_im2col(g):
+                cols = T.alloc_buffer((g.batch, depth, pixels), F32)
+                with T.parallel(0, g.batch * depth) as row:
+                    n = row // depth
+                    k = row % depth
+                    ic = k // (g.kernel_h * g.kernel_w)
+                    ky = k // g.kernel_w % g.kernel_h
+                    kx = k % g.kernel_w
+                    with T.serial(0, ho) as y:
+                        with T.vectorized(0, wo) as x:
+                            sy = y * sh + ky * dh - top
+                            sx = x * sw + kx * dw - left
+                            inside = tirx.all(sy >= 0, sy < g.height, sx >= 0, sx < g.width)
+                            T.buffer_store(cols, tirx.if_then_else(inside, X[n, ic, sy, sx], T.float32(0)),
+                                           [n, k, y * wo + x])
+
+                def source(n, k, p):
+                    return cols[n, k, p]
+            else:
+                def source(n, k, p):
+                    return X[n, k, p // wo, p % wo]
+
+            n_pixel_blocks = -(-pixels // block)
+            with T.parallel(0, g.batch * (out_channels // ob) * n_pixel_blocks) as task:
+                n = task // ((out_channels // ob) * n_pixel_blocks)
+                o0 = task // n_pixel_blocks % (out_channels // ob) * ob
+                pb = task % n_pixel_blocks
+
+                def gemm_block(p0, size):
+                    acc = T.alloc_buffer((ob, size), F32, scope="local")
+                    for oi in range(ob):
+                        with T.vectorized(0, size) as v:
+                            T.buffer_store(acc, T.float32(0), [oi, v])
+                    with T.serial(0, depth) as k:
+                        for oi in range(ob):
+                            with T.vectorized(0, size) as v:
+                                T.buffer_store(acc, acc[oi, v] + W[o0 + oi, k] * source(n, k, p0 + v), [oi, v])
+                    for oi in range(ob):
+                        with T.vectorized(0, size) as v:
+                            T.buffer_store(Y, apply_epilogue(epilogue, acc[oi, v], bias, residual, n, o0 + oi, p0 + v),
+                                           [n, o0 + oi, p0 + v])
+
+                full, tail = divmod(pixels, block)
+                if tail == 0:
+                    gemm_block(pb * block, block)
+                else:
+                    # The last pixel block is shorter; branch once per task, not per element.
+                    with T.If(pb < full):
+                        with T.Then():
+                            gemm_block(pb * block, block)
+                        with T.Else():
+                            gemm_block(full * block, tail)
+    return ib.get()
+
+
+def dense_conv_reference(x: np.ndarray, weight: np.ndarray, geom: ConvGeometry, epilogue: Epilogue,
+                         bias: np.ndarray | None = None, residual: np.ndarray | None = None) -> np.ndarray:
+    """NumPy reference of the same conv (OIHW weight), output flattened to ``(N, Cout, Ho*Wo)``."""
+    g = geom
+    top, left, bottom, right = g.padding
+    xp = np.pad(x.astype(np.float64), ((0, 0), (0, 0), (top, bottom), (left, right)))
+    ho, wo = g.out_height, g.out_width
+    acc = np.zeros((g.batch, weight.shape[0], ho, wo))
+    for ky in range(g.kernel_h):
+        for kx in range(g.kernel_w):
+            y0, x0 = ky * g.dilation[0], kx * g.dilation[1]
+            patch = xp[:, :, y0 : y0 + (ho - 1) * g.stride[0] + 1 : g.stride[0], x0 : x0 + (wo - 1) * g.stride[1] + 1 : g.stride[1]]
+            acc += np.einsum("nihw,oi->nohw", patch, weight[:, :, ky, kx])
+    return epilogue.apply_reference(acc.reshape(g.batch, weight.shape[0], ho * wo), bias, residual)

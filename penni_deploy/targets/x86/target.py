@@ -1,0 +1,67 @@
+"""x86 target: host detection, ``--mcpu`` cross-builds and the CPU lowering pipeline."""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import tvm
+from tvm.target import codegen
+
+from ...errors import TargetError
+from ..base import KernelParams, Target
+from .pipeline import cpu_lowering_passes
+
+# LLVM's default triple on these wheels names a conda toolchain, which makes mcpu fall back to
+# generic x86-64 code; always pin a plain Linux triple.
+X86_TRIPLE = "x86_64-linux-gnu"
+
+
+class X86Target(Target):
+    """x86-64 CPU.
+
+    Parameters
+    ----------
+    mcpu : str, optional
+        LLVM CPU name (``skylake-avx512`` for a Xeon Gold 6136, ``znver4``, ``haswell``, ...).
+        Defaults to the host CPU.
+    num_threads : int, optional
+        Threads the compiled code is tuned for; defaults to the host's core count.
+    """
+
+    name = "x86"
+
+    def __init__(self, mcpu: str | None = None, num_threads: int | None = None):
+        self.mcpu = mcpu or codegen.llvm_get_system_cpu()
+        if not codegen.llvm_is_valid_cpu(self.mcpu, X86_TRIPLE):
+            raise TargetError(
+                f"unknown x86 CPU {self.mcpu!r} for --mcpu; use an LLVM CPU name such as "
+                "skylake-avx512, icelake-server, znver4 or haswell")
+        self.num_threads = num_threads or os.cpu_count() or 1
+        self._tvm_target = tvm.target.Target(
+            {"kind": "llvm", "mtriple": X86_TRIPLE, "mcpu": self.mcpu, "num-cores": self.num_threads})
+        if codegen.target_has_features("avx512f", self._tvm_target):
+            self._lanes, self.isa = 16, "avx512"
+        elif codegen.target_has_features("avx2", self._tvm_target):
+            self._lanes, self.isa = 8, "avx2"
+        else:
+            self._lanes, self.isa = 4, "sse"
+
+    @property
+    def tvm_target(self) -> tvm.target.Target:
+        return self._tvm_target
+
+    @property
+    def kernel_params(self) -> KernelParams:
+        return KernelParams(lanes=self._lanes)
+
+    @property
+    def device(self) -> str:
+        return "cpu"
+
+    def describe(self) -> dict[str, Any]:
+        return {"name": self.name, "device": self.device, "mcpu": self.mcpu, "mtriple": X86_TRIPLE,
+                "isa": self.isa, "tvm_target": str(self._tvm_target)}
+
+    def lowering_passes(self) -> list[tvm.transform.Pass]:
+        return cpu_lowering_passes(self)

@@ -1,0 +1,50 @@
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from penni_deploy.kernels.basis_conv import (ConvGeometry, basis_conv_kernel, basis_conv_reference,
+                                             group_maps_by_channel)
+
+CASES = {
+    "3x3-pad1": dict(h=9, w=9, k=3, stride=(1, 1), pad=(1, 1, 1, 1), dil=(1, 1)),
+    "stride2": dict(h=16, w=16, k=3, stride=(2, 2), pad=(1, 1, 1, 1), dil=(1, 1)),
+    "dilation2": dict(h=11, w=13, k=3, stride=(1, 1), pad=(2, 2, 2, 2), dil=(2, 2)),
+    "odd-nopad": dict(h=7, w=5, k=3, stride=(1, 1), pad=(0, 0, 0, 0), dil=(1, 1)),
+    "5x5-stride2-odd": dict(h=15, w=17, k=5, stride=(2, 2), pad=(2, 2, 2, 2), dil=(1, 1)),
+    "asym-pad": dict(h=8, w=8, k=3, stride=(2, 1), pad=(0, 1, 1, 0), dil=(1, 1)),
+    "wide-70": dict(h=3, w=70, k=3, stride=(1, 1), pad=(1, 1, 1, 1), dil=(1, 1)),
+}
+
+
+@pytest.mark.parametrize("case", CASES.values(), ids=CASES.keys())
+@pytest.mark.parametrize("batch", [1, 3])
+def test_basis_conv_matches_torch(case, batch, run_primfunc):
+    rng = np.random.default_rng(0)
+    cin, d, k = 6, 5, case["k"]
+    geom = ConvGeometry(batch, cin, case["h"], case["w"], k, k, case["stride"], case["pad"], case["dil"])
+    basis = rng.standard_normal((d, k, k)).astype(np.float32)
+    # Keep a scattered subset of maps, as the compiler does for unused (channel, basis) pairs;
+    # channel 2 keeps none, channel 5 keeps all.
+    keep = [(i, r) for i in range(cin) for r in range(d) if (i == 5 or (i * 7 + r * 3) % 4 == 0) and i != 2]
+    map_channels = np.array([i for i, _ in keep], np.int32)
+    weights = np.stack([basis[r] for _, r in keep])
+    channels, map_ptr = group_maps_by_channel(map_channels)
+    x = rng.standard_normal((batch, cin, case["h"], case["w"])).astype(np.float32)
+
+    func = basis_conv_kernel(geom, len(keep), len(channels))
+    out = run_primfunc(func, x, channels, map_ptr, weights, np.zeros((batch, len(keep), geom.out_height * geom.out_width), np.float32))
+
+    # Torch: grouped conv with groups=Cin over all d bases, then pick the kept maps.
+    top, left, bottom, right = case["pad"]
+    xt = F.pad(torch.from_numpy(x), (left, right, top, bottom))
+    full = F.conv2d(xt, torch.from_numpy(np.tile(basis, (cin, 1, 1))[:, None]), stride=case["stride"],
+                    dilation=case["dil"], groups=cin).numpy()
+    expected = full[:, [i * d + r for i, r in keep]].reshape(out.shape)
+    np.testing.assert_allclose(out, expected, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(basis_conv_reference(x, geom, map_channels, weights), expected, rtol=1e-5, atol=1e-5)
+
+
+def test_group_maps_rejects_unsorted():
+    with pytest.raises(ValueError, match="sorted"):
+        group_maps_by_channel(np.array([1, 0]))

@@ -1,0 +1,52 @@
+import numpy as np
+import pytest
+import scipy.sparse
+import torch
+
+from penni_deploy.kernels.csr_recombine import csr_recombine_kernel, csr_recombine_reference
+from penni_deploy.kernels.epilogue import Epilogue
+
+EPILOGUES = {
+    "none": Epilogue(),
+    "bias": Epilogue(bias=True),
+    "bias-relu": Epilogue(bias=True, relu=True),
+    "bias-res-relu": Epilogue(bias=True, residual=True, relu=True),
+    "res": Epilogue(residual=True),
+}
+
+
+def random_csr(rows, cols, density, rng, empty_rows=()):
+    dense = rng.standard_normal((rows, cols)).astype(np.float32) * (rng.random((rows, cols)) < density)
+    dense[list(empty_rows)] = 0
+    return scipy.sparse.csr_matrix(dense)
+
+
+@pytest.mark.parametrize("epilogue", EPILOGUES.values(), ids=EPILOGUES.keys())
+@pytest.mark.parametrize("pixels", [1, 49, 64, 225, 1024], ids=lambda p: f"P{p}")
+@pytest.mark.parametrize("density", [0.03, 1.0], ids=["3pct", "dense"])
+def test_csr_recombine_matches_torch(epilogue, pixels, density, run_primfunc):
+    rng = np.random.default_rng(pixels)
+    batch, n_maps, cout = 2, 40, 12
+    coefs = random_csr(cout, n_maps, density, rng, empty_rows=(0, 7))
+    if coefs.nnz == 0:  # the kernel is only generated for layers with work to do
+        coefs = random_csr(cout, n_maps, 1.0, rng, empty_rows=(0, 7))
+    maps = rng.standard_normal((batch, n_maps, pixels)).astype(np.float32)
+    bias = rng.standard_normal(cout).astype(np.float32)
+    residual = rng.standard_normal((batch, cout, pixels)).astype(np.float32)
+
+    func = csr_recombine_kernel(batch, n_maps, pixels, cout, coefs.nnz, epilogue)
+    args = [maps, coefs.indptr.astype(np.int32), coefs.indices.astype(np.int32), coefs.data.astype(np.float32)]
+    args += [bias] if epilogue.bias else []
+    args += [residual] if epilogue.residual else []
+    out = run_primfunc(func, *args, np.full((batch, cout, pixels), np.nan, np.float32))
+
+    expected = torch.einsum("om,nmp->nop", torch.from_numpy(coefs.toarray()), torch.from_numpy(maps))
+    if epilogue.bias:
+        expected = expected + torch.from_numpy(bias)[None, :, None]
+    if epilogue.residual:
+        expected = expected + torch.from_numpy(residual)
+    if epilogue.relu:
+        expected = torch.relu(expected)
+    np.testing.assert_allclose(out, expected.numpy(), rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(csr_recombine_reference(maps, coefs, epilogue, bias, residual), expected.numpy(),
+                               rtol=1e-5, atol=1e-5)
