@@ -17,7 +17,7 @@ def cpu_lowering_passes(target) -> list[tvm.transform.Pass]:
         relax.transform.FoldConstant(),
         relax.transform.FuseOps(),
         relax.transform.FuseTIR(),
-        ScheduleRemainingOps(target.num_threads),
+        ScheduleRemainingOps(),
         relax.transform.RewriteDataflowReshape(),
         relax.transform.ToNonDataflow(),
         relax.transform.RemovePurityChecking(),

@@ -1,0 +1,40 @@
+"""Write an artifact file atomically: a zip of ``manifest.json`` and ``model.so``.
+
+The library is exported with the system C compiler, hashed, and the zip is written next to the
+destination then renamed over it, so a failed compile never leaves a file at ``-o``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import tempfile
+import zipfile
+from dataclasses import replace
+
+from .manifest import LIBRARY_NAME, MANIFEST_NAME, Manifest
+
+
+def write_artifact(path: str, executable, manifest: Manifest) -> Manifest:
+    """Export ``executable`` and write it with ``manifest`` (library fields filled in) to ``path``."""
+    path = os.path.abspath(path)
+    out_dir = os.path.dirname(path)
+    os.makedirs(out_dir, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix="penni-export-") as tmp:
+        lib_path = os.path.join(tmp, LIBRARY_NAME)
+        executable.export_library(lib_path)
+        with open(lib_path, "rb") as f:
+            library = f.read()
+    manifest = replace(manifest, library={"file": LIBRARY_NAME, "sha256": hashlib.sha256(library).hexdigest(),
+                                          "bytes": len(library)})
+    fd, tmp_zip = tempfile.mkstemp(prefix=".penni-", suffix=".partial", dir=out_dir)
+    try:
+        with os.fdopen(fd, "wb") as raw, zipfile.ZipFile(raw, "w", compression=zipfile.ZIP_DEFLATED) as archive:
+            archive.writestr(MANIFEST_NAME, manifest.to_json())
+            archive.writestr(LIBRARY_NAME, library)
+        os.replace(tmp_zip, path)
+    except BaseException:
+        if os.path.exists(tmp_zip):
+            os.unlink(tmp_zip)
+        raise
+    return manifest

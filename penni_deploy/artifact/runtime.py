@@ -1,0 +1,148 @@
+"""Load and run an artifact with the TVM runtime alone (no torch, no compiler).
+
+``load(path)`` checks the file before trusting it: a readable zip, a manifest of a known format
+version, a library whose sha256 matches the manifest, the same TVM version, and a device that can
+run the target (e.g. an AVX-512 build on a CPU without AVX-512 is refused with the fix).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import tempfile
+import zipfile
+import zlib
+from typing import Any
+
+import numpy as np
+
+from ..errors import ArtifactError, InputSpecError
+from .manifest import LIBRARY_NAME, MANIFEST_NAME, Manifest
+
+
+def read_manifest(path: str) -> Manifest:
+    """The manifest of artifact ``path``, without loading the library."""
+    manifest, _ = _read(path, with_library=False)
+    return manifest
+
+
+def _read(path: str, with_library: bool) -> tuple[Manifest, bytes | None]:
+    if not os.path.isfile(path):
+        raise ArtifactError(f"no such artifact: {path}")
+    try:
+        with zipfile.ZipFile(path) as archive:
+            manifest = Manifest.from_json(archive.read(MANIFEST_NAME).decode("utf-8"))
+            library = archive.read(manifest.library.get("file", LIBRARY_NAME)) if with_library else None
+    except (zipfile.BadZipFile, EOFError, OSError, zlib.error) as exc:
+        raise ArtifactError(f"{path} is not a readable penni-deploy artifact (corrupt or truncated: {exc}); "
+                            "recompile it") from None
+    except KeyError as exc:
+        raise ArtifactError(f"{path} lacks {exc} (not a penni-deploy artifact, or damaged); recompile it") from None
+    if library is not None and hashlib.sha256(library).hexdigest() != manifest.library.get("sha256"):
+        raise ArtifactError(f"{path}: the library does not match the sha256 in its manifest (tampered or damaged); "
+                            "recompile it")
+    return manifest, library
+
+
+def _check_runtime(manifest: Manifest, device: str | None) -> str:
+    import tvm
+
+    built, running = manifest.tvm_version, tvm.__version__
+    if built != running:
+        raise ArtifactError(f"artifact was built with TVM {built} but this runtime is TVM {running}; "
+                            f"recompile it with this TVM or install apache-tvm=={built}")
+    want = manifest.target.get("device", "cpu")
+    if device is not None and device != want:
+        raise ArtifactError(f"artifact was compiled for target {manifest.target.get('name')} (device {want}), "
+                            f"not for device {device}; recompile with --target matching the device")
+    if want == "cpu":
+        missing = _missing_cpu_features(manifest.target)
+        if missing:
+            raise ArtifactError(f"artifact was built for CPU {manifest.target.get('mcpu')} "
+                                f"({manifest.target.get('isa')}) but this CPU lacks {', '.join(missing)}; "
+                                "recompile for this machine (penni-deploy compile without --mcpu)")
+    return want
+
+
+def _missing_cpu_features(target: dict[str, Any]) -> list[str]:
+    needed = {"avx512": ["avx512f"], "avx2": ["avx2", "fma"]}.get(target.get("isa", ""), [])
+    try:
+        with open("/proc/cpuinfo") as f:
+            flags = next((line.split(":", 1)[1].split() for line in f if line.startswith("flags")), None)
+    except OSError:
+        return []  # cannot tell: let the loader try
+    if flags is None:
+        return []
+    return [feature for feature in needed if feature not in flags]
+
+
+class CompiledModel:
+    """A loaded artifact; call it on an array of the compiled input shape.
+
+    Parameters
+    ----------
+    path : str
+        The artifact file.
+    device : str, optional
+        ``cpu`` or ``cuda``; defaults to the artifact's own device.
+    """
+
+    def __init__(self, path: str, device: str | None = None):
+        import tvm
+        from tvm.runtime.vm import VirtualMachine
+
+        self.path = path
+        self.manifest, library = _read(path, with_library=True)
+        device_kind = _check_runtime(self.manifest, device)
+        with tempfile.TemporaryDirectory(prefix="penni-load-") as tmp:
+            lib_path = os.path.join(tmp, LIBRARY_NAME)
+            with open(lib_path, "wb") as f:
+                f.write(library)
+            try:
+                lib = tvm.runtime.load_module(lib_path)
+            except Exception as exc:
+                raise ArtifactError(f"cannot load the library in {path}: {exc}") from None
+        self.device = tvm.device(device_kind, 0)
+        if not self.device.exist:
+            raise ArtifactError(f"no {device_kind} device is available to run {path}")
+        self._vm = VirtualMachine(lib, self.device)
+        self._tvm = tvm
+        spec = self.manifest.inputs[0]
+        self.input_shape, self.input_dtype = tuple(spec.shape), spec.dtype
+
+    def __call__(self, x: Any) -> np.ndarray:
+        """Run on ``x`` (NumPy array or torch tensor of the compiled shape and dtype)."""
+        array = _as_numpy(x)
+        if array.dtype != np.dtype(self.input_dtype):
+            raise InputSpecError(f"input dtype is {array.dtype} but the model was compiled for {self.input_dtype}; "
+                                 f"convert it, e.g. x.astype(np.{self.input_dtype})")
+        if tuple(array.shape) != self.input_shape:
+            raise InputSpecError(f"input shape is {tuple(array.shape)} but the model was compiled for "
+                                 f"{self.input_shape}; recompile with --input-shape "
+                                 f"{','.join(map(str, array.shape))} or reshape the input")
+        out = self._vm["main"](self._tvm.runtime.tensor(np.ascontiguousarray(array), self.device))
+        return out.numpy()
+
+    def benchmark_callable(self):
+        """A zero-argument function running one inference on a fixed device-resident input."""
+        x = self._tvm.runtime.tensor(np.zeros(self.input_shape, self.input_dtype), self.device)
+        main = self._vm["main"]
+
+        def run():
+            main(x)
+            self.device.sync()
+
+        return run
+
+
+def _as_numpy(x: Any) -> np.ndarray:
+    if type(x).__module__.split(".")[0] == "torch":  # a torch.Tensor, without importing torch
+        x = x.detach().cpu().numpy()
+    if not isinstance(x, np.ndarray):
+        raise InputSpecError(f"input must be a NumPy array or torch tensor, not {type(x).__name__}")
+    return x
+
+
+def load(path: str | os.PathLike[str], device: str | None = None) -> CompiledModel:
+    """Load a ``.penni`` artifact; the result is callable on NumPy arrays and torch tensors."""
+    return CompiledModel(os.fspath(path), device)

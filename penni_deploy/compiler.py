@@ -1,0 +1,124 @@
+"""The compile driver: model file → frontend → graph passes → target lowering → artifact.
+
+``compile_model`` is what ``penni-deploy compile`` calls; ``compile_program`` is the same from an
+ExportedProgram in memory (used by ``bench`` and the tests). Each stage reports progress through an
+optional callback so long compiles show where they are.
+"""
+
+from __future__ import annotations
+
+import datetime
+import logging
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import torch
+import tvm
+
+from . import __version__
+from .artifact.manifest import FORMAT_VERSION, Manifest, TensorSpec
+from .artifact.package import write_artifact
+from .frontend import export_program, load_model, resolve_input_shape, to_relax
+from .frontend.load_model import LoadedModel
+from .passes import PipelineOptions, graph_passes, run_passes
+from .passes.layer_report import describe_conv_layers
+from .targets import get_target
+
+logger = logging.getLogger(__name__)
+
+Progress = Callable[[str], None]
+
+
+@dataclass(frozen=True)
+class CompileOptions:
+    """How to compile.
+
+    Parameters
+    ----------
+    target : str
+        Target name (``x86``).
+    mcpu : str, optional
+        CPU to build for (LLVM name); the host CPU by default.
+    pipeline : str
+        Graph pipeline: ``penni`` (the compiler) or ``dense`` (TVM without the PENNI passes).
+    passes : PipelineOptions
+        Knobs of the graph passes.
+    """
+
+    target: str = "x86"
+    mcpu: str | None = None
+    pipeline: str = "penni"
+    passes: PipelineOptions = field(default_factory=PipelineOptions)
+
+    def make_target(self):
+        return get_target(self.target, **({"mcpu": self.mcpu} if self.mcpu else {}))
+
+
+@dataclass(frozen=True, eq=False)
+class CompiledProgram:
+    """An in-memory build: the TVM executable plus what the manifest needs."""
+
+    executable: tvm.relax.Executable
+    target: object
+    input_shape: tuple[int, ...]
+    output_shape: tuple[int, ...]
+    layers: list[dict]
+    pass_seconds: dict[str, float]
+
+
+def _quiet(_msg: str) -> None:
+    pass
+
+
+def compile_program(program: torch.export.ExportedProgram, input_shape: tuple[int, ...],
+                    options: CompileOptions = CompileOptions(), progress: Progress = _quiet) -> CompiledProgram:
+    """Compile an ExportedProgram (float32, one NCHW input) for ``options.target``."""
+    target = options.make_target()
+    progress("importing into TVM Relax")
+    mod = to_relax(program)
+    progress(f"graph passes ({options.pipeline})")
+    mod, seconds = run_passes(mod, graph_passes(options.pipeline, options.passes))
+    layers = describe_conv_layers(mod)
+    output_shape = tuple(int(d) for d in mod["main"].ret_ty.shape)
+    progress(f"generating kernels and building for {target.describe()['tvm_target']}")
+    start = time.perf_counter()
+    executable = target.build(mod)
+    seconds["build"] = time.perf_counter() - start
+    return CompiledProgram(executable, target, tuple(input_shape), output_shape, layers, seconds)
+
+
+def compile_loaded(loaded: LoadedModel, output: str, *, input_shape: tuple[int, ...] | None = None,
+                   batch: int | None = None, options: CompileOptions = CompileOptions(),
+                   progress: Progress = _quiet) -> Manifest:
+    """Compile a loaded model and write the artifact to ``output`` (atomically)."""
+    shape = resolve_input_shape(loaded, input_shape, batch)
+    progress(f"tracing with torch.export for input {shape}")
+    program = export_program(loaded, shape)
+    built = compile_program(program, shape, options, progress)
+    manifest = Manifest(
+        format_version=FORMAT_VERSION,
+        producer=f"penni-deploy {__version__}",
+        tvm_version=tvm.__version__,
+        target=built.target.describe(),
+        inputs=[TensorSpec("input", list(shape), "float32")],
+        outputs=[TensorSpec("output", list(built.output_shape), "float32")],
+        source={"file": os.path.basename(loaded.source_path or ""), "format": loaded.format,
+                "sha256": loaded.source_sha256},
+        library={},
+        pipeline=options.pipeline,
+        layers=built.layers,
+        created=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+    )
+    progress(f"writing {output}")
+    return write_artifact(output, built.executable, manifest)
+
+
+def compile_model(path: str, output: str, *, arch: str | None = None, trust_pickle: bool = False,
+                  input_shape: tuple[int, ...] | None = None, batch: int | None = None,
+                  options: CompileOptions = CompileOptions(), progress: Progress = _quiet) -> Manifest:
+    """Load ``path`` (any supported format), compile it, write the artifact to ``output``."""
+    progress(f"loading {path}")
+    loaded = load_model(path, arch=arch, trust_pickle=trust_pickle)
+    return compile_loaded(loaded, output, input_shape=input_shape, batch=batch, options=options, progress=progress)

@@ -1,0 +1,17 @@
+"""Graph passes of penni-deploy, in the order the pipeline runs them (see ``pipeline.py``)."""
+
+from .factor_low_rank_conv import FactorLowRankConv
+from .fold_batch_norm import FoldBatchNorm
+from .fuse_conv_epilogues import FuseConvEpilogues
+from .lower_conv_composites import LowerConvComposites
+
+__all__ = [
+    "FoldBatchNorm",
+    "FactorLowRankConv",
+    "FuseConvEpilogues",
+    "LowerConvComposites",
+]
+
+from .pipeline import PIPELINES, PipelineOptions, graph_passes, run_passes  # noqa: E402
+
+__all__ += ["PIPELINES", "PipelineOptions", "graph_passes", "run_passes"]

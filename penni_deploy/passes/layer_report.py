@@ -1,0 +1,83 @@
+"""Per-layer facts of a fused module: what each conv chain costs dense and as compiled.
+
+Read from the composites ``FuseConvEpilogues`` made, through the same ``plan_penni_layer`` that
+``LowerConvComposites`` uses, so the report is what gets built. MACs are per image.
+"""
+
+from __future__ import annotations
+
+import tvm
+from tvm import relax
+
+from .conv_chain import plan_penni_layer, read_conv_chain
+from .conv_patterns import PENNI_COMPOSITE
+
+
+def _composite_calls_in_order(mod: tvm.IRModule) -> list[relax.Function]:
+    funcs = []
+
+    def visit(expr):
+        if isinstance(expr, relax.Call) and isinstance(expr.op, relax.GlobalVar):
+            func = mod[expr.op]
+            if isinstance(func, relax.Function) and func.attrs is not None and "Composite" in func.attrs:
+                funcs.append(func)
+
+    relax.analysis.post_order_visit(mod["main"], visit)
+    return funcs
+
+
+def describe_conv_layers(mod: tvm.IRModule) -> list[dict]:
+    """One JSON-able dict per conv chain of ``main``, in execution order."""
+    layers = []
+    for index, func in enumerate(_composite_calls_in_order(mod)):
+        chain = read_conv_chain(func)
+        g = chain.geometry
+        cout, pixels = chain.out_channels, chain.pixels
+        taps = g.kernel_h * g.kernel_w
+        entry = {
+            "index": index,
+            "input": [g.batch, g.in_channels, g.height, g.width],
+            "output": list(chain.out_shape),
+            "kernel": [g.kernel_h, g.kernel_w],
+            "stride": list(g.stride),
+            "padding": list(g.padding),
+            "dilation": list(g.dilation),
+            "epilogue": chain.epilogue.describe(),
+        }
+        if chain.kind == PENNI_COMPOSITE:
+            plan = plan_penni_layer(chain)
+            nnz = plan.coefs.nnz
+            entry.update(
+                kind="penni", bases=plan.num_bases,
+                coef_density=nnz / max(1, cout * g.in_channels * plan.num_bases),
+                maps_computed=plan.n_maps, maps_total=g.in_channels * plan.num_bases,
+                macs_dense=pixels * cout * g.in_channels * taps,
+                macs_compiled=pixels * (plan.n_maps * taps + nnz),
+                kernels=("basis_conv + csr_recombine" if nnz else "epilogue only (all coefficients zero)")
+                + chain.epilogue.describe())
+        else:
+            macs = pixels * cout * g.in_channels * taps
+            entry.update(kind="dense", bases=None, coef_density=1.0, maps_computed=None, maps_total=None,
+                         macs_dense=macs, macs_compiled=macs, kernels="dense_conv" + chain.epilogue.describe())
+        layers.append(entry)
+    return layers
+
+
+def format_layer_table(layers: list[dict]) -> str:
+    """A fixed-width table of ``describe_conv_layers`` output for people."""
+    header = f"{'#':>3} {'kind':5} {'in (C×H×W)':>13} {'out':>13} {'k/s':>5} {'d':>2} {'density':>8} " \
+             f"{'MACs dense':>11} {'compiled':>10} {'ratio':>6}  kernels"
+    rows = [header, "-" * len(header)]
+    for layer in layers:
+        _, c, h, w = layer["input"]
+        _, co, ho, wo = layer["output"]
+        ks = f"{layer['kernel'][0]}/{layer['stride'][0]}"
+        d = "-" if layer["bases"] is None else str(layer["bases"])
+        ratio = layer["macs_dense"] / max(1, layer["macs_compiled"])
+        rows.append(f"{layer['index']:>3} {layer['kind']:5} {f'{c}×{h}×{w}':>13} {f'{co}×{ho}×{wo}':>13} {ks:>5} "
+                    f"{d:>2} {layer['coef_density']:>7.1%} {layer['macs_dense']:>11,} {layer['macs_compiled']:>10,} "
+                    f"{ratio:>5.1f}×  {layer['kernels']}")
+    dense = sum(layer["macs_dense"] for layer in layers)
+    compiled = sum(layer["macs_compiled"] for layer in layers)
+    rows.append(f"conv MACs per image: dense {dense:,}, compiled {compiled:,} ({dense / max(1, compiled):.1f}× fewer)")
+    return "\n".join(rows)
