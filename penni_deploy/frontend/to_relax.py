@@ -44,16 +44,47 @@ def export_program(loaded: LoadedModel, input_shape: tuple[int, ...]) -> torch.e
                 program = model if _recorded_shape(model) == tuple(input_shape) else \
                     torch.export.export(model.module(), (example,))
             elif isinstance(model, torch.jit.ScriptModule):
-                from torch._export.converter import TS2EPConverter  # private: covered by tests
-
-                program = TS2EPConverter(model, (example,)).convert()
+                program = _export_torchscript(model, example)
             else:
                 program = torch.export.export(model.eval(), (example,))
     except Exception as exc:  # torch's export errors are long; keep the first line and the cause
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise UnsupportedModelError(f"cannot trace the model for input {tuple(input_shape)}: {first}") from exc
     _check_float32(program)
-    return program.run_decompositions()
+    return program.run_decompositions(_decompositions())
+
+
+def _convolution_as_convolution(x, weight, bias, stride, padding, dilation, transposed, output_padding, groups,
+                                *_cudnn_flags):
+    return torch.ops.aten.convolution.default(x, weight, bias, stride, padding, dilation, transposed,
+                                              output_padding, groups)
+
+
+def _decompositions():
+    """Core-ATen decompositions, plus ``aten._convolution`` (what frozen TorchScript calls), which the
+    default table keeps and the Relax importer does not know."""
+    table = torch.export.default_decompositions()
+    table[torch.ops.aten._convolution.default] = _convolution_as_convolution
+    return table
+
+
+class _ScriptWrapper(torch.nn.Module):
+    """Holds a frozen ScriptModule so non-strict torch.export can trace through its interpreter."""
+
+    def __init__(self, script: torch.jit.ScriptModule):
+        super().__init__()
+        self.script = script
+
+    def forward(self, x):
+        return self.script(x)
+
+
+def _export_torchscript(module: torch.jit.ScriptModule, example: torch.Tensor) -> torch.export.ExportedProgram:
+    # torch.export refuses ScriptModules, and its TorchScript converter trips on shape arithmetic
+    # in traced CNNs (flatten). Freezing turns the parameters into graph constants; a non-strict
+    # export then records the aten ops the TorchScript interpreter dispatches, weights as constants.
+    frozen = torch.jit.freeze(module.eval()) if hasattr(module, "training") else module
+    return torch.export.export(_ScriptWrapper(frozen), (example,), strict=False)
 
 
 def _recorded_shape(program: torch.export.ExportedProgram) -> tuple[int, ...] | None:

@@ -4,7 +4,8 @@
 ``t = β − μ·s`` (per output channel), then constants are folded. Scaling the rows of a PENNI kernel
 matrix keeps its rank, so this must run before ``FactorLowRankConv`` and ``FuseConvEpilogues``,
 which then see one conv plus a bias. BatchNorms not fed by a conv are left for legalization.
-Needs weights as constants (``keep_params_as_input=False`` at import).
+Needs constant conv weights: run ``FoldConstant`` first (a PENNI layer's tiled basis is computed
+in the graph until then).
 """
 
 from __future__ import annotations
@@ -40,9 +41,6 @@ class FoldBatchNorm:
         before = _count_batch_norms(mod)
         if before == 0:
             return mod
-        # Weights computed in the graph (a PENNI layer's tiled basis, a reshaped C) must become
-        # constants first: the BatchNorm folder only fires on a constant conv weight.
-        mod = relax.transform.FoldConstant()(mod)
         mod = relax.transform.FoldBatchnormToConv2D()(mod)
         mod = relax.transform.FoldConstant()(mod)
         logger.info("FoldBatchNorm: folded %d of %d BatchNorm ops", before - _count_batch_norms(mod), before)

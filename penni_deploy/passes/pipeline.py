@@ -12,6 +12,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import tvm
+from tvm import relax
 
 from ..errors import PenniError
 from .factor_low_rank_conv import DEFAULT_MAX_BASES, DEFAULT_RTOL, FactorLowRankConv
@@ -39,6 +40,9 @@ class PipelineOptions:
 
 def _penni(opts: PipelineOptions) -> list[tvm.transform.Pass]:
     return [
+        # Weights computed in the graph (tiled bases, reshaped biases) become constants, which
+        # every later pass needs to see.
+        relax.transform.FoldConstant(),
         FoldBatchNorm(),
         FactorLowRankConv(opts.max_bases, opts.rtol),
         FuseConvEpilogues(penni=True),
@@ -47,6 +51,7 @@ def _penni(opts: PipelineOptions) -> list[tvm.transform.Pass]:
 
 def _dense(_opts: PipelineOptions) -> list[tvm.transform.Pass]:
     return [
+        relax.transform.FoldConstant(),
         FoldBatchNorm(),
         FuseConvEpilogues(penni=False),
     ]
