@@ -12,7 +12,7 @@ implementation's checkpoints, so its state_dicts load as they are.
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 
 import torch
 import torch.nn.functional as F
@@ -107,7 +107,7 @@ class PenniConv2d(nn.Module):
             if 0 < d <= kk:
                 q, _ = torch.linalg.qr(torch.randn(kk, kk))  # q: (kk, kk) orthogonal
                 self.basis.copy_(q.T[:d])
-            else:  # more bases than kernel entries: they cannot be orthonormal
+            else:  # d = 0, or more bases than kernel entries: they cannot be orthonormal
                 self.basis.normal_(0.0, kk**-0.5)
             # With orthonormal B, |w_oi|^2 = |c_oi|^2; He wants E|w_oi|^2 = 2 / Cin.
             std = (2.0 / max(1, self.in_channels * d)) ** 0.5
@@ -122,9 +122,11 @@ class PenniConv2d(nn.Module):
         return (self.coefs @ self.basis).reshape(self.out_channels, self.in_channels, kh, kw)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.form == "dense":
-            return F.conv2d(x, self.dense_weight(), self.bias, self.stride, self.padding, self.dilation)
         cin, cout, d = self.in_channels, self.out_channels, self.num_bases
+        # With no basis left (d = 0, a fully pruned layer) there is no stage 1 to run: W is all zeros.
+        # jit.trace sees shapes as tensors and would warn on the test, so it is skipped there.
+        if self.form == "dense" or (not torch.jit.is_tracing() and d == 0):
+            return F.conv2d(x, self.dense_weight(), self.bias, self.stride, self.padding, self.dilation)
         kh, kw = self.kernel_size
         # (d, kh*kw) -> (Cin*d, 1, kh, kw): output channel i*d + r convolves input i with basis row r
         w1 = self.basis.reshape(d, 1, kh, kw).repeat(cin, 1, 1, 1)
@@ -170,7 +172,7 @@ class PenniConv2d(nn.Module):
             layer.coefs.copy_(u[:, :d] * s[:d])  # (Cout*Cin, d)
             if conv.bias is not None:
                 layer.bias.copy_(conv.bias)
-        return layer.to(conv.weight.dtype)
+        return layer.to(device=conv.weight.device, dtype=conv.weight.dtype)
 
     def coefficient_density(self) -> float:
         """Fraction of non-zero coefficients (0.0 for an empty layer)."""
@@ -230,14 +232,20 @@ def make_conv(
     *,
     penni: bool,
     num_bases: int = DEFAULT_NUM_BASES,
+    bias: bool = False,
 ) -> nn.Module:
-    """Return a bias-free conv: a :class:`PenniConv2d` when ``penni`` and ``kernel_size > 1``, else dense.
+    """Return a conv: a :class:`PenniConv2d` when ``penni`` and ``kernel_size > 1``, else a dense one.
 
     1×1 convolutions are never decomposed (one basis kernel would be all they need).
     """
     if penni and kernel_size > 1:
-        return PenniConv2d(in_channels, out_channels, kernel_size, stride, padding, num_bases=num_bases)
-    return nn.Conv2d(in_channels, out_channels, kernel_size, stride, padding, bias=False)
+        return PenniConv2d(in_channels, out_channels, kernel_size, stride, padding, num_bases=num_bases, bias=bias)
+    return nn.Conv2d(in_channels, out_channels, kernel_size, stride, padding, bias=bias)
+
+
+def biased_convs(state_dict: Mapping[str, torch.Tensor], paths: Iterable[str]) -> frozenset[str]:
+    """The conv paths among ``paths`` whose checkpoint entries include a bias (the reference has none)."""
+    return frozenset(p for p in paths if f"{p}.bias" in state_dict)
 
 
 def bases_for(num_bases: int | Mapping[str, int], path: str) -> int:

@@ -17,7 +17,7 @@ Widths after shrinking (what ``config_from_state_dict`` reads back):
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from typing import Any
 
 import torch
@@ -25,7 +25,15 @@ import torch.nn.functional as F
 from torch import nn
 
 from penni_deploy.errors import ModelLoadError
-from penni_deploy.models.penni_conv import DEFAULT_NUM_BASES, bases_for, conv_bases, entry_shape, make_conv, width_of
+from penni_deploy.models.penni_conv import (
+    DEFAULT_NUM_BASES,
+    bases_for,
+    biased_convs,
+    conv_bases,
+    entry_shape,
+    make_conv,
+    width_of,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -71,6 +79,8 @@ class BasicBlock(nn.Module):
         Decompose the two 3×3 convs.
     num_bases : pair of int
         ``d`` of ``conv1`` and ``conv2``.
+    bias : pair of bool
+        Whether ``conv1`` and ``conv2`` have a bias.
     """
 
     expansion = 1
@@ -85,11 +95,12 @@ class BasicBlock(nn.Module):
         *,
         penni: bool = True,
         num_bases: tuple[int, int] = (DEFAULT_NUM_BASES, DEFAULT_NUM_BASES),
+        bias: tuple[bool, bool] = (False, False),
     ) -> None:
         super().__init__()
-        self.conv1 = make_conv(in_planes, mid_planes, 3, stride, 1, penni=penni, num_bases=num_bases[0])
+        self.conv1 = make_conv(in_planes, mid_planes, 3, stride, 1, penni=penni, num_bases=num_bases[0], bias=bias[0])
         self.bn1 = nn.BatchNorm2d(mid_planes)
-        self.conv2 = make_conv(mid_planes, out_planes, 3, 1, 1, penni=penni, num_bases=num_bases[1])
+        self.conv2 = make_conv(mid_planes, out_planes, 3, 1, 1, penni=penni, num_bases=num_bases[1], bias=bias[1])
         self.bn2 = nn.BatchNorm2d(out_planes)
         self.shortcut = shortcut
 
@@ -99,9 +110,9 @@ class BasicBlock(nn.Module):
         return F.relu(out + self.shortcut(x))
 
 
-def _projection(in_planes: int, out_planes: int, stride: int) -> nn.Sequential:
+def _projection(in_planes: int, out_planes: int, stride: int, bias: bool) -> nn.Sequential:
     return nn.Sequential(
-        nn.Conv2d(in_planes, out_planes, kernel_size=1, stride=stride, bias=False), nn.BatchNorm2d(out_planes)
+        nn.Conv2d(in_planes, out_planes, kernel_size=1, stride=stride, bias=bias), nn.BatchNorm2d(out_planes)
     )
 
 
@@ -127,9 +138,11 @@ class _CifarResNet(nn.Module):
         penni: bool,
         num_classes: int,
         projection: bool,
+        biased: Collection[str],
     ) -> None:
         super().__init__()
-        self.conv1 = make_conv(3, stem_width, 3, 1, 1, penni=penni, num_bases=bases_for(num_bases, "conv1"))
+        d = bases_for(num_bases, "conv1")
+        self.conv1 = make_conv(3, stem_width, 3, 1, 1, penni=penni, num_bases=d, bias="conv1" in biased)
         self.bn1 = nn.BatchNorm2d(stem_width)
         in_planes = stem_width
         for s, (planes, blocks, first_stride) in enumerate(stages, start=1):
@@ -141,11 +154,13 @@ class _CifarResNet(nn.Module):
                 if stride == 1 and in_planes == out:
                     shortcut: nn.Module = nn.Sequential()
                 elif projection:
-                    shortcut = _projection(in_planes, out, stride)
+                    shortcut = _projection(in_planes, out, stride, f"{path}.shortcut.0" in biased)
                 else:
                     shortcut = _option_a(in_planes, out, stride, path)
                 bases = (bases_for(num_bases, f"{path}.conv1"), bases_for(num_bases, f"{path}.conv2"))
-                layer.append(BasicBlock(in_planes, mid, out, stride, shortcut, penni=penni, num_bases=bases))
+                bias = (f"{path}.conv1" in biased, f"{path}.conv2" in biased)
+                block = BasicBlock(in_planes, mid, out, stride, shortcut, penni=penni, num_bases=bases, bias=bias)
+                layer.append(block)
                 in_planes = out
             self.add_module(f"layer{s}", nn.Sequential(*layer))
         self.linear = nn.Linear(in_planes, num_classes)
@@ -165,6 +180,8 @@ class ResNet18(_CifarResNet):
         Decompose the 3×3 convs.
     num_classes : int
         Logits.
+    biased : collection of str
+        Paths of the convs that have a bias (none by default).
     """
 
     def __init__(
@@ -173,10 +190,11 @@ class ResNet18(_CifarResNet):
         num_bases: int | Mapping[str, int] = DEFAULT_NUM_BASES,
         penni: bool = True,
         num_classes: int = 10,
+        biased: Collection[str] = frozenset(),
     ) -> None:
         widths = dict(widths or {})
         stem = widths.get("conv1", RESNET18_STAGES[0][0])
-        super().__init__(RESNET18_STAGES, stem, widths, num_bases, penni, num_classes, projection=True)
+        super().__init__(RESNET18_STAGES, stem, widths, num_bases, penni, num_classes, projection=True, biased=biased)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = F.relu(self.bn1(self.conv1(x)))
@@ -203,7 +221,13 @@ class ResNet18(_CifarResNet):
                 for conv in ("conv1", "conv2"):
                     bases[f"{path}.{conv}"] = conv_bases(state_dict, f"{path}.{conv}", penni)
                 stream = out
-        return {"widths": widths, "num_bases": bases, "num_classes": _num_classes(state_dict)}
+        paths = list(widths) + [p.replace(".conv2", ".shortcut.0") for p in widths if p.endswith(".conv2")]
+        return {
+            "widths": widths,
+            "num_bases": bases,
+            "num_classes": _num_classes(state_dict),
+            "biased": biased_convs(state_dict, paths),
+        }
 
 
 class ResNet56(_CifarResNet):
@@ -220,6 +244,8 @@ class ResNet56(_CifarResNet):
         Decompose the 3×3 convs.
     num_classes : int
         Logits.
+    biased : collection of str
+        Paths of the convs that have a bias (none by default).
     """
 
     def __init__(
@@ -228,10 +254,11 @@ class ResNet56(_CifarResNet):
         num_bases: int | Mapping[str, int] = DEFAULT_NUM_BASES,
         penni: bool = True,
         num_classes: int = 10,
+        biased: Collection[str] = frozenset(),
     ) -> None:
         widths = dict(widths or {})
         stem = widths.get("conv1", RESNET56_STAGES[0][0])
-        super().__init__(RESNET56_STAGES, stem, widths, num_bases, penni, num_classes, projection=False)
+        super().__init__(RESNET56_STAGES, stem, widths, num_bases, penni, num_classes, projection=False, biased=biased)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = F.relu(self.bn1(self.conv1(x)))
@@ -263,7 +290,13 @@ class ResNet56(_CifarResNet):
                 widths[f"{path}.conv2"] = stream
                 for conv in ("conv1", "conv2"):
                     bases[f"{path}.{conv}"] = conv_bases(state_dict, f"{path}.{conv}", penni)
-        return {"widths": widths, "num_bases": bases, "num_classes": _num_classes(state_dict)}
+        paths = list(widths) + [p.replace(".conv2", ".shortcut.0") for p in widths if p.endswith(".conv2")]
+        return {
+            "widths": widths,
+            "num_bases": bases,
+            "num_classes": _num_classes(state_dict),
+            "biased": biased_convs(state_dict, paths),
+        }
 
 
 def _check_width(state_dict: Mapping[str, torch.Tensor], prefix: str, expected: int) -> None:

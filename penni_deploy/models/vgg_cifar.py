@@ -7,14 +7,22 @@ layer, as they do after the reference's ``shrink``: :meth:`VGG16.config_from_sta
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from typing import Any
 
 import torch
 from torch import nn
 
 from penni_deploy.errors import ModelLoadError
-from penni_deploy.models.penni_conv import DEFAULT_NUM_BASES, bases_for, conv_bases, entry_shape, make_conv, width_of
+from penni_deploy.models.penni_conv import (
+    DEFAULT_NUM_BASES,
+    bases_for,
+    biased_convs,
+    conv_bases,
+    entry_shape,
+    make_conv,
+    width_of,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -51,6 +59,8 @@ class VGG16(nn.Module):
         Widths of ``classifer.0`` and ``classifer.3``.
     num_classes : int
         Logits.
+    biased : collection of str
+        Paths of the convs that have a bias (none by default, as in the reference).
     """
 
     def __init__(
@@ -60,6 +70,7 @@ class VGG16(nn.Module):
         penni: bool = True,
         hidden: tuple[int, int] = (512, 512),
         num_classes: int = 10,
+        biased: Collection[str] = frozenset(),
     ) -> None:
         super().__init__()
         default = [w for w in VGG16_LAYOUT if w != "M"]
@@ -73,8 +84,10 @@ class VGG16(nn.Module):
                 layers.append(nn.MaxPool2d(kernel_size=2, stride=2))
                 continue
             cout = widths[conv_idx]
-            d = bases_for(num_bases, f"features.{len(layers)}")
-            layers += [make_conv(cin, cout, 3, 1, 1, penni=penni, num_bases=d), nn.BatchNorm2d(cout), nn.ReLU()]
+            path = f"features.{len(layers)}"
+            d = bases_for(num_bases, path)
+            conv = make_conv(cin, cout, 3, 1, 1, penni=penni, num_bases=d, bias=path in biased)
+            layers += [conv, nn.BatchNorm2d(cout), nn.ReLU()]
             cin, conv_idx = cout, conv_idx + 1
         self.features = nn.Sequential(*layers)
         # "classifer" (sic) is the reference's spelling, kept so that its checkpoints load.
@@ -112,4 +125,10 @@ class VGG16(nn.Module):
         if min(widths) < 1:
             raise ModelLoadError(f"state_dict has a VGG16 conv of width 0 (widths {widths}); not supported")
         logger.debug("VGG16 widths from state_dict: %s, bases %s", widths, bases)
-        return {"widths": widths, "num_bases": bases, "hidden": (h0, h1), "num_classes": num_classes}
+        return {
+            "widths": widths,
+            "num_bases": bases,
+            "hidden": (h0, h1),
+            "num_classes": num_classes,
+            "biased": biased_convs(state_dict, paths),
+        }
