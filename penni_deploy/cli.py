@@ -1,0 +1,214 @@
+"""The ``penni-deploy`` command line: thin typer commands over the Python API.
+
+Each command checks and converts its arguments, then calls one library function. Every
+``PenniError`` becomes a one-line ``error: ...`` on stderr and a non-zero exit, without traceback.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from .errors import InputSpecError, PenniError
+
+app = typer.Typer(add_completion=False, no_args_is_help=True,
+                  help="Compile PENNI-compressed CNNs into fast, deployable TVM artifacts.")
+
+
+def _shape(text: Optional[str]) -> Optional[tuple[int, ...]]:
+    if not text:
+        return None
+    try:
+        shape = tuple(int(v) for v in text.replace("x", ",").split(","))
+    except ValueError:
+        raise InputSpecError(f"--input-shape {text!r} is not a comma-separated list of sizes like 1,3,32,32") from None
+    return shape
+
+
+def _int_list(text: str, option: str) -> tuple[int, ...]:
+    try:
+        values = tuple(int(v) for v in text.split(","))
+    except ValueError:
+        raise InputSpecError(f"{option} {text!r} must be comma-separated integers like 1,8") from None
+    if not values or min(values) < 1:
+        raise InputSpecError(f"{option} {text!r} must list positive integers")
+    return values
+
+
+class _Progress:
+    """Prints stage lines with elapsed time to stderr, so long compiles show where they are."""
+
+    def __init__(self, quiet: bool = False):
+        self.start = time.perf_counter()
+        self.quiet = quiet
+
+    def __call__(self, message: str) -> None:
+        if not self.quiet:
+            print(f"[{time.perf_counter() - self.start:6.1f}s] {message}", file=sys.stderr, flush=True)
+
+
+Arch = Annotated[Optional[str], typer.Option(help="Architecture of a state_dict checkpoint: resnet18, resnet56, vgg16.")]
+TrustPickle = Annotated[bool, typer.Option(
+    "--trust-pickle", help="Allow a whole pickled nn.Module (pickles can run code; loaded through an allow-list).")]
+InputShape = Annotated[Optional[str], typer.Option(help="Input shape N,C,H,W when the file records none.")]
+Target = Annotated[str, typer.Option(help="Compilation target.")]
+Mcpu = Annotated[Optional[str], typer.Option(help="CPU to build for (LLVM name, e.g. skylake-avx512); default: this host.")]
+
+
+@app.command()
+def compile(  # noqa: A001 - the command is called compile
+    model: Annotated[Path, typer.Argument(help="TorchScript, .pt2, state_dict (+--arch) or pickled model file.")],
+    output: Annotated[Path, typer.Option("-o", "--output", help="Artifact to write.")] = Path("model.penni"),
+    target: Target = "x86",
+    mcpu: Mcpu = None,
+    arch: Arch = None,
+    trust_pickle: TrustPickle = False,
+    input_shape: InputShape = None,
+    batch: Annotated[Optional[int], typer.Option(help="Compile for this batch size.")] = None,
+    pipeline: Annotated[str, typer.Option(help="Graph pipeline: penni, or dense (no PENNI passes).")] = "penni",
+    report: Annotated[bool, typer.Option("--report", help="Print the per-layer table.")] = False,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q")] = False,
+) -> None:
+    """Compile MODEL into one deployable artifact file."""
+    from .compiler import CompileOptions, compile_model
+    from .passes.layer_report import format_layer_table
+
+    options = CompileOptions(target=target, mcpu=mcpu, pipeline=pipeline)
+    progress = _Progress(quiet)
+    manifest = compile_model(str(model), str(output), arch=arch, trust_pickle=trust_pickle,
+                             input_shape=_shape(input_shape), batch=batch, options=options, progress=progress)
+    if report:
+        typer.echo(format_layer_table(manifest.layers))
+    progress(f"wrote {output} ({manifest.library['bytes'] / 1e6:.1f} MB library)")
+
+
+@app.command()
+def run(
+    artifact: Annotated[Path, typer.Argument(help="A .penni artifact.")],
+    input: Annotated[Path, typer.Option("--input", "-i", help="Input array (.npy).")],  # noqa: A002
+    output: Annotated[Path, typer.Option("--output", "-o", help="Where to write the output (.npy).")],
+) -> None:
+    """Run ARTIFACT on an input .npy file with the TVM runtime."""
+    import numpy as np
+
+    from .artifact.runtime import load
+
+    try:
+        x = np.load(input, allow_pickle=False)
+    except (OSError, ValueError) as exc:
+        raise InputSpecError(f"cannot read {input} as a .npy array: {exc}") from None
+    y = load(str(artifact))(x)
+    tmp = output.with_name(output.name + ".partial.npy")
+    np.save(tmp, y)
+    os.replace(tmp, output)
+    typer.echo(f"wrote {output}: shape {tuple(y.shape)}, dtype {y.dtype}", err=True)
+
+
+@app.command()
+def inspect(
+    artifact: Annotated[Path, typer.Argument(help="A .penni artifact.")],
+    as_json: Annotated[bool, typer.Option("--json", help="Print the raw manifest.")] = False,
+) -> None:
+    """Show what an artifact holds: target, shapes, source, per-layer statistics."""
+    from .artifact.runtime import read_manifest
+    from .passes.layer_report import format_layer_table
+
+    manifest = read_manifest(str(artifact))
+    if as_json:
+        typer.echo(manifest.to_json())
+        return
+    t = manifest.target
+    typer.echo(f"artifact     {artifact} (format {manifest.format_version}, {manifest.producer}, {manifest.created})")
+    typer.echo(f"target       {t.get('name')} {t.get('mcpu', '')} {t.get('isa', '')}  TVM {manifest.tvm_version}")
+    for spec in manifest.inputs:
+        typer.echo(f"input        {spec.name} {spec.dtype}{spec.shape}")
+    for spec in manifest.outputs:
+        typer.echo(f"output       {spec.name} {spec.dtype}{spec.shape}")
+    typer.echo(f"source       {manifest.source.get('file')} ({manifest.source.get('format')}), "
+               f"sha256 {manifest.source.get('sha256', '')[:16]}…")
+    typer.echo(f"library      {manifest.library.get('bytes', 0) / 1e6:.2f} MB, sha256 "
+               f"{manifest.library.get('sha256', '')[:16]}…  pipeline {manifest.pipeline}")
+    if manifest.layers:
+        typer.echo(format_layer_table(manifest.layers))
+
+
+@app.command()
+def bench(
+    model: Annotated[Path, typer.Argument(help="Model file, as for compile.")],
+    target: Target = "x86",
+    mcpu: Mcpu = None,
+    arch: Arch = None,
+    trust_pickle: TrustPickle = False,
+    input_shape: InputShape = None,
+    batch: Annotated[str, typer.Option(help="Batch sizes, comma-separated.")] = "1,8",
+    threads: Annotated[Optional[int], typer.Option(help="Threads for every engine (default: all cores).")] = None,
+    repeat: Annotated[int, typer.Option(help="Timed runs per engine (median and p90 reported).")] = 100,
+    json_out: Annotated[Optional[Path], typer.Option("--json", help="Also write the report as JSON.")] = None,
+) -> None:
+    """Compile MODEL and measure it against PyTorch eager (dense and two-stage) and plain TVM."""
+    from .bench import BenchOptions, format_bench_table, run_bench
+    from .compiler import CompileOptions
+
+    options = BenchOptions(batches=_int_list(batch, "--batch"), threads=threads or os.cpu_count() or 1,
+                           repeat=repeat, min_repeat=min(20, repeat), compile=CompileOptions(target=target, mcpu=mcpu))
+    report = run_bench(str(model), arch=arch, trust_pickle=trust_pickle, input_shape=_shape(input_shape),
+                       options=options, progress=_Progress())
+    typer.echo(format_bench_table(report))
+    if json_out:
+        json_out.write_text(json.dumps(report, indent=2))
+
+
+@app.command()
+def example(
+    name: Annotated[str, typer.Argument(help="resnet18-random97, resnet56-random97 or vgg16-random97.")] = "resnet18-random97",
+    output: Annotated[Path, typer.Option("-o", "--output", help="TorchScript file to write.")] = Path("model.pt"),
+    sample_input: Annotated[Optional[Path], typer.Option(help="Also write a random input (.npy) for it.")] = None,
+) -> None:
+    """Write a generated example PENNI model (RANDOM weights) as TorchScript, input shape recorded."""
+    import numpy as np
+    import torch
+
+    from .frontend.load_model import INPUT_SHAPE_EXTRA, ZOO_INPUT_SHAPE
+    from .models.examples import EXAMPLES, make_example
+
+    model = make_example(name)
+    traced = torch.jit.trace(model, torch.zeros(ZOO_INPUT_SHAPE))
+    torch.jit.save(traced, str(output), _extra_files={INPUT_SHAPE_EXTRA: json.dumps(list(ZOO_INPUT_SHAPE))})
+    typer.echo(f"wrote {output}: {EXAMPLES[name].description}", err=True)
+    if sample_input:
+        np.save(sample_input, np.random.default_rng(0).standard_normal(ZOO_INPUT_SHAPE).astype(np.float32))
+        typer.echo(f"wrote {sample_input}: input {ZOO_INPUT_SHAPE} float32", err=True)
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    """Console entry point: run the app, turning PenniError into a one-line message and exit code."""
+    logging.basicConfig(level=os.environ.get("PENNI_LOG", "WARNING").upper(), format="%(levelname)s %(name)s: %(message)s")
+    try:
+        app(args=argv, standalone_mode=False)
+    except PenniError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except (typer.Exit, SystemExit) as exc:
+        return getattr(exc, "exit_code", getattr(exc, "code", 0)) or 0
+    except typer.Abort:
+        print("aborted", file=sys.stderr)
+        return 130
+    except Exception as exc:  # click usage errors
+        import click
+
+        if isinstance(exc, click.ClickException):
+            exc.show()
+            return exc.exit_code
+        raise
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
