@@ -2,10 +2,12 @@
 
 from .factor_low_rank_conv import FactorLowRankConv
 from .fold_batch_norm import FoldBatchNorm
+from .fold_weight_expressions import FoldWeightExpressions
 from .fuse_conv_epilogues import FuseConvEpilogues
 from .lower_conv_composites import LowerConvComposites
 
 __all__ = [
+    "FoldWeightExpressions",
     "FoldBatchNorm",
     "FactorLowRankConv",
     "FuseConvEpilogues",

@@ -1,47 +1,86 @@
 """FoldBatchNorm: fold inference-mode BatchNorm into the convolution before it.
 
-``conv2d(x, W) → batch_norm`` becomes ``conv2d(x, W·s) + t`` with ``s = γ/√(σ²+ε)`` and
-``t = β − μ·s`` (per output channel), then constants are folded. Scaling the rows of a PENNI kernel
-matrix keeps its rank, so this must run before ``FactorLowRankConv`` and ``FuseConvEpilogues``,
-which then see one conv plus a bias. BatchNorms not fed by a conv are left for legalization.
-Needs constant conv weights: run ``FoldConstant`` first (a PENNI layer's tiled basis is computed
-in the graph until then).
+``conv2d(x, W) [+ b] → batch_norm(γ, β, μ, σ²)`` becomes ``conv2d(x, W·s) + (b·s + t)`` with
+``s = γ/√(σ²+ε)`` and ``t = β − μ·s`` per output channel, computed in NumPy (TVM's own
+``FoldBatchnormToConv2D`` + ``FoldConstant`` give the same result but compile a kernel per constant
+expression: most of a compile's time). Scaling the rows of a PENNI kernel matrix keeps its rank, so
+this runs before ``FactorLowRankConv`` and ``FuseConvEpilogues``, which then see one conv plus a bias.
+BatchNorms not fed by a conv with constant weights (e.g. after a Linear) are left for legalization.
+Run after ``FoldWeightExpressions``.
 """
 
 from __future__ import annotations
 
 import logging
 
+import numpy as np
 import tvm
 from tvm import relax
+from tvm.relax.expr_functor import PyExprMutator, mutator
 
-from .ir_utils import is_call_to
+from .ir_utils import const_value, conv2d_attrs_ok, is_call_to
 
 logger = logging.getLogger(__name__)
 
 
-def _count_batch_norms(mod: tvm.IRModule) -> int:
-    count = 0
+@mutator
+class _BatchNormFolder(PyExprMutator):
+    def __init__(self, mod: tvm.IRModule):
+        super().__init__(mod)
+        self.folded = 0
 
-    def visit(expr):
-        nonlocal count
-        count += is_call_to(expr, "relax.nn.batch_norm")
+    def visit_tuple_getitem_(self, op: relax.TupleGetItem) -> relax.Expr:
+        op = super().visit_tuple_getitem_(op)
+        if op.index != 0:
+            return op
+        bn = self._bound(op.tuple_value)
+        if not is_call_to(bn, "relax.nn.batch_norm") or int(bn.attrs.axis) != 1:
+            return op  # only channel-axis BN on NCHW convs folds
+        stats = [const_value(a) for a in bn.args[1:]]
+        if any(s is None for s in stats):
+            return op  # statistics must be known at compile time
+        gamma, beta, mean, var = (s.astype(np.float64) for s in stats)
+        producer, bias = self._bound(bn.args[0]), None
+        if is_call_to(producer, "relax.add") and const_value(producer.args[1]) is not None:
+            bias = const_value(producer.args[1]).reshape(-1).astype(np.float64)
+            producer = self._bound(producer.args[0])
+        if not is_call_to(producer, "relax.nn.conv2d") or not conv2d_attrs_ok(producer):
+            return op
+        weight = const_value(producer.args[1])
+        if weight is None:
+            return op
+        scale = gamma / np.sqrt(var + float(bn.attrs.epsilon))  # (Cout,)
+        shift = beta - mean * scale  # (Cout,)
+        if bias is not None:
+            shift = shift + bias * scale
+        # weight (Cout, Cin/groups, kh, kw) scaled per output channel.
+        new_weight = (weight.astype(np.float64) * scale[:, None, None, None]).astype(np.float32)
+        a = producer.attrs
+        conv = self.builder_.emit(relax.op.nn.conv2d(
+            producer.args[0], relax.const(new_weight), strides=a.strides, padding=a.padding, dilation=a.dilation,
+            groups=a.groups, data_layout=a.data_layout, kernel_layout=a.kernel_layout, out_layout=a.out_layout,
+            out_dtype=a.out_dtype))
+        self.folded += 1
+        return relax.op.add(conv, relax.const(shift.reshape(1, -1, 1, 1).astype(np.float32)))
 
-    for func in mod.functions.values():
-        if isinstance(func, relax.Function):
-            relax.analysis.post_order_visit(func, visit)
-    return count
+    def _bound(self, expr: relax.Expr) -> relax.Expr:
+        if isinstance(expr, relax.Var):
+            bound = self.lookup_binding(expr)
+            if bound is not None:
+                return bound
+        return expr
 
 
 @tvm.transform.module_pass(opt_level=0, name="FoldBatchNorm")
 class FoldBatchNorm:
-    """Fold BatchNorm that follows a conv2d into the conv's weight and a bias add."""
+    """Fold BatchNorm that follows a conv2d (optionally with bias) into the conv and a bias add."""
 
     def transform_module(self, mod: tvm.IRModule, _ctx: tvm.transform.PassContext) -> tvm.IRModule:
-        before = _count_batch_norms(mod)
-        if before == 0:
+        folder = _BatchNormFolder(mod)
+        for gvar, func in mod.functions.items():
+            if isinstance(func, relax.Function):
+                folder.builder_.update_func(gvar, folder.visit_expr(func))
+        if folder.folded == 0:
             return mod
-        mod = relax.transform.FoldBatchnormToConv2D()(mod)
-        mod = relax.transform.FoldConstant()(mod)
-        logger.info("FoldBatchNorm: folded %d of %d BatchNorm ops", before - _count_batch_norms(mod), before)
-        return mod
+        logger.info("FoldBatchNorm: folded %d BatchNorm ops", folder.folded)
+        return relax.transform.DeadCodeElimination()(folder.builder_.get())

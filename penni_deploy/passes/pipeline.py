@@ -12,11 +12,11 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import tvm
-from tvm import relax
 
 from ..errors import PenniError
 from .factor_low_rank_conv import DEFAULT_MAX_BASES, DEFAULT_RTOL, FactorLowRankConv
 from .fold_batch_norm import FoldBatchNorm
+from .fold_weight_expressions import FoldWeightExpressions
 from .fuse_conv_epilogues import FuseConvEpilogues
 
 logger = logging.getLogger(__name__)
@@ -40,9 +40,7 @@ class PipelineOptions:
 
 def _penni(opts: PipelineOptions) -> list[tvm.transform.Pass]:
     return [
-        # Weights computed in the graph (tiled bases, reshaped biases) become constants, which
-        # every later pass needs to see.
-        relax.transform.FoldConstant(),
+        FoldWeightExpressions(),
         FoldBatchNorm(),
         FactorLowRankConv(opts.max_bases, opts.rtol),
         FuseConvEpilogues(penni=True),
@@ -51,7 +49,7 @@ def _penni(opts: PipelineOptions) -> list[tvm.transform.Pass]:
 
 def _dense(_opts: PipelineOptions) -> list[tvm.transform.Pass]:
     return [
-        relax.transform.FoldConstant(),
+        FoldWeightExpressions(),
         FoldBatchNorm(),
         FuseConvEpilogues(penni=False),
     ]
