@@ -64,16 +64,22 @@ def _check_runtime(manifest: Manifest, device: str | None) -> str:
     return want
 
 
-def _missing_cpu_features(target: dict[str, Any]) -> list[str]:
+def _missing_cpu_features(target: dict[str, Any], flags: list[str] | None = None) -> list[str]:
+    """CPU features the artifact's ISA needs that this CPU (or ``flags``) lacks."""
     needed = {"avx512": ["avx512f"], "avx2": ["avx2", "fma"]}.get(target.get("isa", ""), [])
-    try:
-        with open("/proc/cpuinfo") as f:
-            flags = next((line.split(":", 1)[1].split() for line in f if line.startswith("flags")), None)
-    except OSError:
-        return []  # cannot tell: let the loader try
+    if flags is None:
+        flags = _host_cpu_flags()
     if flags is None:
         return []
     return [feature for feature in needed if feature not in flags]
+
+
+def _host_cpu_flags() -> list[str] | None:
+    try:
+        with open("/proc/cpuinfo") as f:
+            return next((line.split(":", 1)[1].split() for line in f if line.startswith("flags")), None)
+    except OSError:
+        return None  # cannot tell: let the loader try
 
 
 class CompiledModel:

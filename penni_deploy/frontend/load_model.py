@@ -148,9 +148,13 @@ def _load_torch_save(path: str, sha: str, arch: str | None, trust_pickle: bool) 
                 f"{path} is a pickled Python object (e.g. a whole nn.Module), and unpickling can run arbitrary "
                 "code. If you trust the file, pass --trust-pickle (it is then loaded through an allow-list of "
                 "known PENNI/torch.nn classes); otherwise save a state_dict and pass --arch.") from None
+        from ..models import ARCHITECTURES
         from .safe_unpickle import load_pickled_module
 
-        return LoadedModel(load_pickled_module(path), "pickle", None, sha, path)
+        module = load_pickled_module(path)
+        # Zoo networks (ours, or the reference's mapped onto ours) are CIFAR-10 models.
+        shape = ZOO_INPUT_SHAPE if isinstance(module, tuple(ARCHITECTURES.values())) else None
+        return LoadedModel(module, "pickle", shape, sha, path)
     except Exception as exc:
         raise ModelLoadError(f"cannot read {path} with torch.load: {_first_line(exc)} (corrupt or truncated?)") from None
     state_dict = _find_state_dict(obj)
