@@ -168,10 +168,12 @@ def bench(
 @app.command()
 def example(
     name: Annotated[str, typer.Argument(help="resnet18-random97, resnet56-random97 or vgg16-random97.")] = "resnet18-random97",
-    output: Annotated[Path, typer.Option("-o", "--output", help="TorchScript file to write.")] = Path("model.pt"),
+    output: Annotated[Path, typer.Option("-o", "--output", help="Model file to write.")] = Path("model.pt"),
+    format: Annotated[str, typer.Option(help="torchscript (input shape recorded), pt2, or state_dict "  # noqa: A002
+                                              "(compile it with --arch).")] = "torchscript",
     sample_input: Annotated[Optional[Path], typer.Option(help="Also write a random input (.npy) for it.")] = None,
 ) -> None:
-    """Write a generated example PENNI model (RANDOM weights) as TorchScript, input shape recorded."""
+    """Write a generated example PENNI model (RANDOM weights, labelled as such)."""
     import numpy as np
     import torch
 
@@ -179,9 +181,17 @@ def example(
     from .models.examples import EXAMPLES, make_example
 
     model = make_example(name)
-    traced = torch.jit.trace(model, torch.zeros(ZOO_INPUT_SHAPE))
-    torch.jit.save(traced, str(output), _extra_files={INPUT_SHAPE_EXTRA: json.dumps(list(ZOO_INPUT_SHAPE))})
-    typer.echo(f"wrote {output}: {EXAMPLES[name].description}", err=True)
+    example_input = torch.zeros(ZOO_INPUT_SHAPE)
+    if format == "torchscript":
+        traced = torch.jit.trace(model, example_input)
+        torch.jit.save(traced, str(output), _extra_files={INPUT_SHAPE_EXTRA: json.dumps(list(ZOO_INPUT_SHAPE))})
+    elif format == "pt2":
+        torch.export.save(torch.export.export(model, (example_input,)), str(output))
+    elif format == "state_dict":
+        torch.save(model.state_dict(), output)
+    else:
+        raise PenniError(f"unknown --format {format!r}; choose torchscript, pt2 or state_dict")
+    typer.echo(f"wrote {output} ({format}, arch {EXAMPLES[name].arch}): {EXAMPLES[name].description}", err=True)
     if sample_input:
         np.save(sample_input, np.random.default_rng(0).standard_normal(ZOO_INPUT_SHAPE).astype(np.float32))
         typer.echo(f"wrote {sample_input}: input {ZOO_INPUT_SHAPE} float32", err=True)

@@ -135,3 +135,12 @@ def test_run_rejects_non_npy_input(tiny_artifact, tmp_path, capsys):
     (tmp_path / "x.npy").write_text("hello")
     assert main(["run", str(tiny_artifact), "-i", str(tmp_path / "x.npy"), "-o", str(tmp_path / "y.npy")]) != 0
     assert "cannot read" in one_line_error(capsys)
+
+
+@pytest.mark.parametrize("mcpu, isa", [("haswell", "avx2"), ("skylake-avx512", "avx512")])
+def test_cross_build_for_named_cpu(mcpu, isa, tiny_pt2, tmp_path, capsys):
+    out = tmp_path / f"{mcpu}.penni"
+    assert main(["compile", str(tiny_pt2), "-o", str(out), "--mcpu", mcpu, "--quiet"]) == 0
+    assert main(["inspect", str(out), "--json"]) == 0
+    target = json.loads(capsys.readouterr().out)["target"]
+    assert (target["mcpu"], target["isa"], target["mtriple"]) == (mcpu, isa, "x86_64-linux-gnu")
