@@ -4,18 +4,6 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-import torch
-
-from penni_deploy.models import build_model, randomize_penni_weights_
-
-
-def random_penni_model(arch: str, density: float, seed: int = 0) -> torch.nn.Module:
-    return randomize_penni_weights_(build_model(arch), density, seed=seed).eval()
-
-
-def relative_error(got: np.ndarray, expected: np.ndarray) -> float:
-    """Max abs error relative to the output's scale (max |expected|)."""
-    return float(np.abs(got - expected).max() / max(np.abs(expected).max(), 1e-12))
 
 
 @pytest.fixture(scope="session")

@@ -2,7 +2,7 @@
 
 import torch
 
-from conftest import random_penni_model
+from model_helpers import random_penni_model
 from penni_deploy.bench import BenchOptions, format_bench_table, run_bench
 
 

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import random_penni_model, relative_error
+from model_helpers import random_penni_model, relative_error
 
 DENSITIES = {"dense": 1.0, "10pct": 0.1, "3pct": 0.03, "all-zero": 0.0}
 # Convs a PENNI layer replaces (k×k, stem included), per architecture.

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 import penni_deploy
-from conftest import random_penni_model, relative_error
+from model_helpers import random_penni_model, relative_error
 from penni_deploy.errors import InputSpecError, ModelLoadError
 from penni_deploy.frontend.load_model import INPUT_SHAPE_EXTRA, detect_format
 from penni_deploy.models import PenniConv2d
