@@ -14,7 +14,7 @@ from tvm.relax.backend.utils import has_leaking_intermediate_variables
 from tvm.relax.dpl import is_const, is_op, wildcard
 from tvm.relax.transform import FusionPattern, PatternCheckContext
 
-from .ir_utils import conv2d_attrs_ok, static_shape
+from .ir_utils import const_value, conv2d_attrs_ok, per_channel_vector, static_shape
 
 logger = logging.getLogger(__name__)
 
@@ -81,12 +81,20 @@ def _check_epilogue(ctx: PatternCheckContext, out_channels: int) -> bool:
         return False  # an intermediate result is needed elsewhere: fusing would recompute or lose it
     bias_add = ctx.annotated_expr.get("bias_add")
     if bias_add is not None:
-        bias_shape = static_shape(bias_add.args[1])
-        if bias_shape not in ((1, out_channels, 1, 1), (out_channels, 1, 1)):
+        # The matcher treats add as commutative, so the constant may be either operand.
+        bias = next(const_value(x) for x in bias_add.args if const_value(x) is not None)
+        if per_channel_vector(bias, out_channels) is None:
             return False  # only a per-output-channel bias fuses
     residual_add = ctx.annotated_expr.get("residual_add")
-    if residual_add is not None and static_shape(residual_add.args[0]) != static_shape(residual_add.args[1]):
-        return False  # broadcasting adds are not residuals
+    if residual_add is not None:
+        a, b = residual_add.args
+        if static_shape(a) != static_shape(b):
+            return False  # broadcasting adds are not residuals
+        if any(const_value(x) is not None for x in (a, b)):
+            return False  # a constant of the output's shape is not a residual stream
+        inside = [x for x in (a, b) if x in ctx.matched_bindings]
+        if len(inside) != 1 or a.same_as(b):
+            return False  # the residual must come from outside the chain (not y + y)
     return True
 
 

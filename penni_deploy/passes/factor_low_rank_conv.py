@@ -46,6 +46,10 @@ class _LowRankConvRewriter(PyExprMutator):
         cout, cin, kh, kw = weight.shape
         if kh * kw == 1:
             return call  # 1×1 convs are never decomposed
+        if cout * cin <= self.max_bases:
+            # Too few kernels to share anything: every such conv is trivially "low rank". This also
+            # keeps the pass idempotent (the basis conv it emits for Cin = 1 is never factored again).
+            return call
         factors = factor_kernel_matrix(weight.reshape(cout * cin, kh * kw), self.max_bases, self.rtol)
         if factors is None:
             return call  # full rank: a genuinely dense conv

@@ -18,7 +18,7 @@ import tvm
 from tvm import relax
 from tvm.relax.expr_functor import PyExprMutator, mutator
 
-from .ir_utils import const_value, conv2d_attrs_ok, is_call_to
+from .ir_utils import const_value, conv2d_attrs_ok, is_call_to, per_channel_vector
 
 logger = logging.getLogger(__name__)
 
@@ -36,13 +36,23 @@ class _BatchNormFolder(PyExprMutator):
         bn = self._bound(op.tuple_value)
         if not is_call_to(bn, "relax.nn.batch_norm") or int(bn.attrs.axis) != 1:
             return op  # only channel-axis BN on NCHW convs folds
+        if bn.attrs.training:
+            return op  # training-mode BN uses batch statistics, not the stored ones
         stats = [const_value(a) for a in bn.args[1:]]
         if any(s is None for s in stats):
             return op  # statistics must be known at compile time
         gamma, beta, mean, var = (s.astype(np.float64) for s in stats)
+        if not bn.attrs.scale:
+            gamma = np.ones_like(gamma)
+        if not bn.attrs.center:
+            beta = np.zeros_like(beta)
+        channels = gamma.shape[0]
         producer, bias = self._bound(bn.args[0]), None
         if is_call_to(producer, "relax.add") and const_value(producer.args[1]) is not None:
-            bias = const_value(producer.args[1]).reshape(-1).astype(np.float64)
+            bias = per_channel_vector(const_value(producer.args[1]), channels)
+            if bias is None:
+                return op  # only a per-output-channel bias folds into the conv
+            bias = bias.astype(np.float64)
             producer = self._bound(producer.args[0])
         if not is_call_to(producer, "relax.nn.conv2d") or not conv2d_attrs_ok(producer):
             return op

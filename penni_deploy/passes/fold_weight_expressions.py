@@ -4,7 +4,8 @@ After import a PENNI layer's grouped weight is ``tile(reshape(basis))``, its coe
 ``reshape``, a Linear weight a ``permute_dims`` and a conv bias a ``reshape``. Every later pass needs
 those as constants. TVM's ``FoldConstant`` does the same but compiles a kernel per expression
 (about 0.1 s each, 20 s on ResNet56), so the few ops that appear on weights are evaluated here
-directly; anything else is left untouched. Run first.
+directly. If any other op on constants remains, TVM's ``FoldConstant`` finishes the job, so the
+result is complete either way. Run first.
 """
 
 from __future__ import annotations
@@ -48,6 +49,7 @@ _BINARY = {
     "relax.subtract": np.subtract,
     "relax.multiply": np.multiply,
     "relax.divide": np.divide,
+    "relax.matmul": np.matmul,  # reference-style layers: W = C @ B
 }
 
 
@@ -89,9 +91,29 @@ class FoldWeightExpressions:
         for gvar, func in mod.functions.items():
             if isinstance(func, relax.Function):
                 folder.builder_.update_func(gvar, folder.visit_expr(func))
-        if folder.folded == 0:
-            return mod
-        logger.info("FoldWeightExpressions: folded %d expressions", folder.folded)
-        # Inline the new constants into their uses, then drop the dead bindings.
-        mod = relax.transform.CanonicalizeBindings()(folder.builder_.get())
-        return relax.transform.DeadCodeElimination()(mod)
+        if folder.folded:
+            logger.info("FoldWeightExpressions: folded %d expressions", folder.folded)
+            # Inline the new constants into their uses, then drop the dead bindings.
+            mod = relax.transform.CanonicalizeBindings()(folder.builder_.get())
+            mod = relax.transform.DeadCodeElimination()(mod)
+        leftovers = _ops_on_constants(mod)
+        if leftovers:
+            logger.info("FoldWeightExpressions: %s left to TVM's FoldConstant", ", ".join(sorted(leftovers)))
+            mod = relax.transform.FoldConstant()(mod)
+        return mod
+
+
+def _ops_on_constants(mod: tvm.IRModule) -> set[str]:
+    """Names of the Relax ops in ``mod`` whose arguments are all constants."""
+    found: set[str] = set()
+
+    def visit(expr):
+        if (isinstance(expr, relax.Call) and isinstance(expr.op, tvm.ir.Op) and expr.args
+                and all(const_value(a) is not None or isinstance(a, relax.ShapeExpr) for a in expr.args)
+                and any(const_value(a) is not None for a in expr.args)):
+            found.add(expr.op.name)
+
+    for func in mod.functions.values():
+        if isinstance(func, relax.Function):
+            relax.analysis.post_order_visit(func, visit)
+    return found

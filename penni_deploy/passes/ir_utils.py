@@ -35,4 +35,13 @@ def conv2d_attrs_ok(call: relax.Call) -> bool:
     """A float32 NCHW/OIHW conv2d, the only layout the kernels handle."""
     a = call.attrs
     return (a.data_layout == "NCHW" and a.kernel_layout == "OIHW" and a.out_layout == "NCHW"
-            and str(a.out_dtype) in ("float32", "") and call.ty.dtype == "float32")
+            and (a.out_dtype is None or str(a.out_dtype) in ("float32", "", "void"))
+            and str(call.ty.dtype) == "float32")
+
+
+def per_channel_vector(value: np.ndarray, channels: int) -> np.ndarray | None:
+    """``value`` as a (C,) vector if it broadcasts per NCHW channel — shape (C,) only when C is also
+    the last axis would be ambiguous, so accept (C, 1, 1) and (1, C, 1, 1) — else None."""
+    if value.shape in ((channels, 1, 1), (1, channels, 1, 1)):
+        return value.reshape(channels)
+    return None

@@ -50,12 +50,14 @@ def factor_kernel_matrix(kernel: np.ndarray, max_bases: int, rtol: float = 1e-5)
     candidates = [_svd_factors(k64, vt[:rank])]
     sparse_basis = _parallel_row_basis(k64, rank)
     if sparse_basis is not None:
-        candidates.insert(0, _coefficients_for(k64, sparse_basis))
+        candidates.append(_coefficients_for(k64, sparse_basis))
+    exact = []
     for basis, coefs in candidates:
         error = float(np.abs(coefs @ basis - k64).max()) / scale
         if error <= rtol:
-            return KernelFactors(basis.astype(np.float32), coefs.astype(np.float32), error)
-    return None
+            exact.append(KernelFactors(basis.astype(np.float32), coefs.astype(np.float32), error))
+    # Of the exact factorizations, the one with the sparsest coefficients.
+    return min(exact, key=lambda f: int(np.count_nonzero(f.coefs)), default=None)
 
 
 def _svd_factors(k64: np.ndarray, vt: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -75,9 +77,8 @@ def _parallel_row_basis(k64: np.ndarray, rank: int) -> np.ndarray | None:
     units *= np.sign(units[np.arange(len(units)), pivot])[:, None]
     keys, inverse, counts = np.unique(np.round(units, 5), axis=0, return_inverse=True, return_counts=True)
     chosen: list[np.ndarray] = []
+    # Most-shared directions first; on small layers a basis may be used by a single kernel alone.
     for group in np.argsort(-counts, kind="stable"):
-        if counts[group] < 2 and len(chosen) < rank:
-            break  # directions used by a single kernel are not evidence of a basis
         direction = units[np.flatnonzero(inverse.ravel() == group)[0]]
         trial = np.stack(chosen + [direction])
         if np.linalg.matrix_rank(trial, tol=1e-6) == len(trial):

@@ -64,10 +64,9 @@ PIPELINES: dict[str, Callable[[PipelineOptions], list[tvm.transform.Pass]]] = {
 
 def graph_passes(name: str, options: PipelineOptions = PipelineOptions()) -> list[tvm.transform.Pass]:
     """The passes of pipeline ``name``."""
-    try:
-        return PIPELINES[name](options)
-    except KeyError:
-        raise PenniError(f"unknown pipeline {name!r}; choose one of: {', '.join(PIPELINES)}") from None
+    if name not in PIPELINES:
+        raise PenniError(f"unknown pipeline {name!r}; choose one of: {', '.join(PIPELINES)}")
+    return PIPELINES[name](options)
 
 
 def run_passes(mod: tvm.IRModule, passes: list[tvm.transform.Pass]) -> tuple[tvm.IRModule, dict[str, float]]:
@@ -79,8 +78,8 @@ def run_passes(mod: tvm.IRModule, passes: list[tvm.transform.Pass]) -> tuple[tvm
         start = time.perf_counter()
         try:
             mod = p(mod)
-        except PenniError:
-            raise
+        except PenniError as exc:
+            raise type(exc)(f"pass {name}: {exc}") from exc
         except Exception as exc:
             done = ", ".join(timings) or "none"
             raise PenniError(f"pass {name} failed (after: {done}): {type(exc).__name__}: "
