@@ -11,6 +11,7 @@ import logging
 import os
 import sys
 import time
+import warnings
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -200,6 +201,10 @@ def example(
 def main(argv: Optional[list[str]] = None) -> int:
     """Console entry point: run the app, turning PenniError into a one-line message and exit code."""
     logging.basicConfig(level=os.environ.get("PENNI_LOG", "WARNING").upper(), format="%(levelname)s %(name)s: %(message)s")
+    # torch 2.13 warns about its own internals while exporting and about TorchScript itself, which
+    # users of TorchScript files can do nothing about here.
+    warnings.filterwarnings("ignore", category=FutureWarning, message=r"`isinstance\(treespec, LeafSpec\)`")
+    warnings.filterwarnings("ignore", category=DeprecationWarning, message=r"`torch\.jit\.")
     try:
         app(args=argv, standalone_mode=False)
     except PenniError as exc:

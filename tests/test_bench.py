@@ -1,8 +1,8 @@
 """``bench`` measures every engine in one run and reports parity; timings are not asserted here."""
 
 import torch
-
 from model_helpers import random_penni_model
+
 from penni_deploy.bench import BenchOptions, format_bench_table, run_bench
 
 

@@ -6,9 +6,9 @@ import json
 import numpy as np
 import pytest
 import torch
+from tiny_models import TINY_SHAPE, WithUnsupportedOp, save_pt2, tiny_model
 
 from penni_deploy.cli import main
-from tiny_models import TINY_SHAPE, WithUnsupportedOp, save_pt2, tiny_model
 
 
 @pytest.fixture(scope="module")

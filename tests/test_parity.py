@@ -3,7 +3,6 @@
 import numpy as np
 import pytest
 import torch
-
 from model_helpers import random_penni_model, relative_error
 
 DENSITIES = {"dense": 1.0, "10pct": 0.1, "3pct": 0.03, "all-zero": 0.0}

@@ -141,7 +141,7 @@ def _user_input_values(program: torch.export.ExportedProgram):
 def _load_torch_save(path: str, sha: str, arch: str | None, trust_pickle: bool) -> LoadedModel:
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as exc:
+    except pickle.UnpicklingError:
         # weights_only refuses any global beyond tensors and containers: this is a pickled object.
         if not trust_pickle:
             raise ModelLoadError(

@@ -28,7 +28,14 @@ import torch
 from torch import nn
 
 from penni_deploy.errors import ModelLoadError
-from penni_deploy.models import BasicBlock, OptionAShortcut, PenniConv2d, ResNet18, ResNet56, VGG16
+from penni_deploy.models import (
+    VGG16,
+    BasicBlock,
+    OptionAShortcut,
+    PenniConv2d,
+    ResNet18,
+    ResNet56,
+)
 
 logger = logging.getLogger(__name__)
 

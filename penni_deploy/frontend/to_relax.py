@@ -103,7 +103,9 @@ def _check_float32(program: torch.export.ExportedProgram) -> None:
 
 def unsupported_ops(program: torch.export.ExportedProgram) -> list[str]:
     """``op (at module.path)`` for each graph node the Relax importer cannot translate."""
-    from tvm.relax.frontend.torch.exported_program_translator import ExportedProgramImporter
+    from tvm.relax.frontend.torch.exported_program_translator import (
+        ExportedProgramImporter,
+    )
 
     supported = ExportedProgramImporter().convert_map
     found = []

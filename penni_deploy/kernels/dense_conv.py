@@ -16,7 +16,7 @@ from tvm.script.ir_builder import tirx as T
 from .basis_conv import ConvGeometry
 from .csr_recombine import apply_epilogue
 from .epilogue import Epilogue
-from .tir_helpers import F32, largest_divisor_at_most, pick_block, static_blocks
+from .tir_helpers import F32, largest_divisor_at_most, pick_block
 
 
 def needs_im2col(geom: ConvGeometry) -> bool:

@@ -13,9 +13,19 @@ import torch
 from torch import nn
 
 from penni_deploy.errors import ModelLoadError
-from penni_deploy.models.penni_conv import DEFAULT_NUM_BASES, FORMS, PenniConv2d, load_state_dict_checked
+from penni_deploy.models.penni_conv import (
+    DEFAULT_NUM_BASES,
+    FORMS,
+    PenniConv2d,
+    load_state_dict_checked,
+)
 from penni_deploy.models.random_weights import randomize_penni_weights_
-from penni_deploy.models.resnet_cifar import BasicBlock, OptionAShortcut, ResNet18, ResNet56
+from penni_deploy.models.resnet_cifar import (
+    BasicBlock,
+    OptionAShortcut,
+    ResNet18,
+    ResNet56,
+)
 from penni_deploy.models.vgg_cifar import VGG16
 
 __all__ = [

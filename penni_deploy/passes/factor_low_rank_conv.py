@@ -17,7 +17,12 @@ import tvm
 from tvm import relax
 from tvm.relax.expr_functor import PyExprMutator, mutator
 
-from .ir_utils import const_value, conv2d_attrs_ok, is_call_to, static_shape
+from .ir_utils import (
+    const_value,
+    conv2d_attrs_ok,
+    is_call_to,
+    mutate_relax_functions,
+)
 from .low_rank import factor_kernel_matrix
 
 logger = logging.getLogger(__name__)
@@ -84,10 +89,8 @@ class FactorLowRankConv:
 
     def transform_module(self, mod: tvm.IRModule, _ctx: tvm.transform.PassContext) -> tvm.IRModule:
         rewriter = _LowRankConvRewriter(mod, self.max_bases, self.rtol)
-        for gvar, func in mod.functions.items():
-            if isinstance(func, relax.Function):
-                rewriter.builder_.update_func(gvar, rewriter.visit_expr(func))
+        new_mod = mutate_relax_functions(mod, rewriter)
         if rewriter.rewritten == 0:
             return mod
         logger.info("FactorLowRankConv: factored %d dense convs into basis + coefficients", rewriter.rewritten)
-        return rewriter.builder_.get()
+        return new_mod

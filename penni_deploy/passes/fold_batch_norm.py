@@ -18,7 +18,14 @@ import tvm
 from tvm import relax
 from tvm.relax.expr_functor import PyExprMutator, mutator
 
-from .ir_utils import const_value, conv2d_attrs_ok, is_call_to, per_channel_vector
+from .ir_utils import (
+    bound_value,
+    const_value,
+    conv2d_attrs_ok,
+    is_call_to,
+    mutate_relax_functions,
+    per_channel_vector,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -33,7 +40,7 @@ class _BatchNormFolder(PyExprMutator):
         op = super().visit_tuple_getitem_(op)
         if op.index != 0:
             return op
-        bn = self._bound(op.tuple_value)
+        bn = bound_value(self, op.tuple_value)
         if not is_call_to(bn, "relax.nn.batch_norm") or int(bn.attrs.axis) != 1:
             return op  # only channel-axis BN on NCHW convs folds
         if bn.attrs.training:
@@ -47,13 +54,13 @@ class _BatchNormFolder(PyExprMutator):
         if not bn.attrs.center:
             beta = np.zeros_like(beta)
         channels = gamma.shape[0]
-        producer, bias = self._bound(bn.args[0]), None
+        producer, bias = bound_value(self, bn.args[0]), None
         if is_call_to(producer, "relax.add") and const_value(producer.args[1]) is not None:
             bias = per_channel_vector(const_value(producer.args[1]), channels)
             if bias is None:
                 return op  # only a per-output-channel bias folds into the conv
             bias = bias.astype(np.float64)
-            producer = self._bound(producer.args[0])
+            producer = bound_value(self, producer.args[0])
         if not is_call_to(producer, "relax.nn.conv2d") or not conv2d_attrs_ok(producer):
             return op
         weight = const_value(producer.args[1])
@@ -73,12 +80,6 @@ class _BatchNormFolder(PyExprMutator):
         self.folded += 1
         return relax.op.add(conv, relax.const(shift.reshape(1, -1, 1, 1).astype(np.float32)))
 
-    def _bound(self, expr: relax.Expr) -> relax.Expr:
-        if isinstance(expr, relax.Var):
-            bound = self.lookup_binding(expr)
-            if bound is not None:
-                return bound
-        return expr
 
 
 @tvm.transform.module_pass(opt_level=0, name="FoldBatchNorm")
@@ -87,10 +88,8 @@ class FoldBatchNorm:
 
     def transform_module(self, mod: tvm.IRModule, _ctx: tvm.transform.PassContext) -> tvm.IRModule:
         folder = _BatchNormFolder(mod)
-        for gvar, func in mod.functions.items():
-            if isinstance(func, relax.Function):
-                folder.builder_.update_func(gvar, folder.visit_expr(func))
+        new_mod = mutate_relax_functions(mod, folder)
         if folder.folded == 0:
             return mod
         logger.info("FoldBatchNorm: folded %d BatchNorm ops", folder.folded)
-        return relax.transform.DeadCodeElimination()(folder.builder_.get())
+        return relax.transform.DeadCodeElimination()(new_mod)

@@ -17,7 +17,7 @@ import tvm
 from tvm import relax
 from tvm.relax.expr_functor import PyExprMutator, mutator
 
-from .ir_utils import const_value, static_shape
+from .ir_utils import bound_value, const_value, mutate_relax_functions, static_shape
 
 logger = logging.getLogger(__name__)
 
@@ -64,7 +64,7 @@ class _WeightFolder(PyExprMutator):
         if not isinstance(call.op, tvm.ir.Op) or static_shape(call) is None:
             return call
         name = call.op.name
-        values = [const_value(self._resolve(arg)) for arg in call.args]
+        values = [const_value(bound_value(self, arg)) for arg in call.args]
         if name in _UNARY and values and values[0] is not None:
             result = _UNARY[name](values[0], call)
         elif name in _BINARY and len(values) == 2 and all(v is not None for v in values):
@@ -74,12 +74,6 @@ class _WeightFolder(PyExprMutator):
         self.folded += 1
         return relax.const(np.ascontiguousarray(result).astype(str(call.ty.dtype)))
 
-    def _resolve(self, expr: relax.Expr) -> relax.Expr:
-        if isinstance(expr, relax.Var):
-            bound = self.lookup_binding(expr)
-            if bound is not None:
-                return bound
-        return expr
 
 
 @tvm.transform.module_pass(opt_level=0, name="FoldWeightExpressions")
@@ -88,13 +82,11 @@ class FoldWeightExpressions:
 
     def transform_module(self, mod: tvm.IRModule, _ctx: tvm.transform.PassContext) -> tvm.IRModule:
         folder = _WeightFolder(mod)
-        for gvar, func in mod.functions.items():
-            if isinstance(func, relax.Function):
-                folder.builder_.update_func(gvar, folder.visit_expr(func))
+        new_mod = mutate_relax_functions(mod, folder)
         if folder.folded:
             logger.info("FoldWeightExpressions: folded %d expressions", folder.folded)
             # Inline the new constants into their uses, then drop the dead bindings.
-            mod = relax.transform.CanonicalizeBindings()(folder.builder_.get())
+            mod = relax.transform.CanonicalizeBindings()(new_mod)
             mod = relax.transform.DeadCodeElimination()(mod)
         leftovers = _ops_on_constants(mod)
         if leftovers:

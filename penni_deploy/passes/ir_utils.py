@@ -45,3 +45,20 @@ def per_channel_vector(value: np.ndarray, channels: int) -> np.ndarray | None:
     if value.shape in ((channels, 1, 1), (1, channels, 1, 1)):
         return value.reshape(channels)
     return None
+
+
+def bound_value(mutator, expr: relax.Expr) -> relax.Expr:
+    """The value a dataflow variable is bound to (as the mutator has rewritten it), else ``expr``."""
+    if isinstance(expr, relax.Var):
+        bound = mutator.lookup_binding(expr)
+        if bound is not None:
+            return bound
+    return expr
+
+
+def mutate_relax_functions(mod: tvm.IRModule, mutator, skip=lambda func: False) -> tvm.IRModule:
+    """Run ``mutator`` (a ``PyExprMutator`` built on ``mod``) over every Relax function not ``skip``ped."""
+    for gvar, func in mod.functions.items():
+        if isinstance(func, relax.Function) and not skip(func):
+            mutator.builder_.update_func(gvar, mutator.visit_expr(func))
+    return mutator.builder_.get()

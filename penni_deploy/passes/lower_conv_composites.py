@@ -22,6 +22,7 @@ from ..kernels.dense_conv import dense_conv_kernel
 from ..targets.base import KernelParams
 from .conv_chain import ConvChain, plan_penni_layer, read_conv_chain
 from .conv_patterns import PENNI_COMPOSITE
+from .ir_utils import mutate_relax_functions
 
 logger = logging.getLogger(__name__)
 
@@ -115,10 +116,8 @@ class LowerConvComposites:
 
     def transform_module(self, mod: tvm.IRModule, _ctx: tvm.transform.PassContext) -> tvm.IRModule:
         lowerer = _CompositeLowerer(mod, self.params)
-        for gvar, func in mod.functions.items():
-            if isinstance(func, relax.Function) and (func.attrs is None or "Composite" not in func.attrs):
-                lowerer.builder_.update_func(gvar, lowerer.visit_expr(func))
+        new_mod = mutate_relax_functions(mod, lowerer, skip=lambda f: f.attrs is not None and "Composite" in f.attrs)
         if lowerer.lowered == 0:
             return mod
         logger.info("LowerConvComposites: lowered %d conv chains to kernels", lowerer.lowered)
-        return relax.transform.DeadCodeElimination()(lowerer.builder_.get())
+        return relax.transform.DeadCodeElimination()(new_mod)

@@ -8,11 +8,11 @@ import zipfile
 import numpy as np
 import pytest
 import torch
+from tiny_models import TINY_SHAPE, save_pt2, tiny_model
 
 import penni_deploy
 from penni_deploy.artifact.runtime import _missing_cpu_features
 from penni_deploy.errors import ArtifactError, InputSpecError
-from tiny_models import TINY_SHAPE, save_pt2, tiny_model
 
 
 @pytest.fixture(scope="module")

@@ -6,9 +6,9 @@ import json
 import numpy as np
 import pytest
 import torch
+from model_helpers import random_penni_model, relative_error
 
 import penni_deploy
-from model_helpers import random_penni_model, relative_error
 from penni_deploy.errors import InputSpecError, ModelLoadError
 from penni_deploy.frontend.load_model import INPUT_SHAPE_EXTRA, detect_format
 from penni_deploy.models import PenniConv2d

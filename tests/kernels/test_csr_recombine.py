@@ -3,7 +3,10 @@ import pytest
 import scipy.sparse
 import torch
 
-from penni_deploy.kernels.csr_recombine import csr_recombine_kernel, csr_recombine_reference
+from penni_deploy.kernels.csr_recombine import (
+    csr_recombine_kernel,
+    csr_recombine_reference,
+)
 from penni_deploy.kernels.epilogue import Epilogue
 
 EPILOGUES = {

@@ -4,7 +4,11 @@ import torch
 import torch.nn.functional as F
 
 from penni_deploy.kernels.basis_conv import ConvGeometry
-from penni_deploy.kernels.dense_conv import dense_conv_kernel, dense_conv_reference, needs_im2col
+from penni_deploy.kernels.dense_conv import (
+    dense_conv_kernel,
+    dense_conv_reference,
+    needs_im2col,
+)
 from penni_deploy.kernels.epilogue import Epilogue
 
 CASES = {

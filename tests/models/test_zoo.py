@@ -7,11 +7,11 @@ from torch import nn
 from penni_deploy.errors import ModelLoadError
 from penni_deploy.models import (
     ARCHITECTURES,
+    VGG16,
     OptionAShortcut,
     PenniConv2d,
     ResNet18,
     ResNet56,
-    VGG16,
     build_model,
     randomize_penni_weights_,
 )

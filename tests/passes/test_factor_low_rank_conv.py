@@ -9,7 +9,12 @@ import tvm
 from torch import nn
 from tvm import relax
 
-from penni_deploy.passes import FactorLowRankConv, FoldWeightExpressions, graph_passes, run_passes
+from penni_deploy.passes import (
+    FactorLowRankConv,
+    FoldWeightExpressions,
+    graph_passes,
+    run_passes,
+)
 from penni_deploy.passes.conv_patterns import DENSE_COMPOSITE, PENNI_COMPOSITE
 from penni_deploy.passes.ir_utils import const_value
 

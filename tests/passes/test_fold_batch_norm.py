@@ -9,7 +9,12 @@ import tvm
 from torch import nn
 from tvm import relax
 
-from penni_deploy.passes import FoldBatchNorm, FoldWeightExpressions, graph_passes, run_passes
+from penni_deploy.passes import (
+    FoldBatchNorm,
+    FoldWeightExpressions,
+    graph_passes,
+    run_passes,
+)
 from penni_deploy.passes.ir_utils import const_value
 
 C = 8

@@ -6,7 +6,12 @@ import tvm
 from torch import nn
 
 from penni_deploy.kernels.epilogue import Epilogue
-from penni_deploy.passes import FoldWeightExpressions, FuseConvEpilogues, graph_passes, run_passes
+from penni_deploy.passes import (
+    FoldWeightExpressions,
+    FuseConvEpilogues,
+    graph_passes,
+    run_passes,
+)
 from penni_deploy.passes.conv_chain import read_conv_chain
 from penni_deploy.passes.conv_patterns import DENSE_COMPOSITE, PENNI_COMPOSITE
 

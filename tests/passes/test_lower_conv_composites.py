@@ -7,7 +7,12 @@ import tvm
 from torch import nn
 from tvm import relax, tirx
 
-from penni_deploy.passes import FoldWeightExpressions, LowerConvComposites, graph_passes, run_passes
+from penni_deploy.passes import (
+    FoldWeightExpressions,
+    LowerConvComposites,
+    graph_passes,
+    run_passes,
+)
 from penni_deploy.passes.conv_chain import plan_penni_layer, read_conv_chain
 
 
