@@ -9,6 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+from tvm.script.ir_builder import tirx as T
 
 
 @dataclass(frozen=True)
@@ -44,3 +45,14 @@ class Epilogue:
         if self.relu:
             np.maximum(out, 0, out=out)
         return out
+
+
+def apply_epilogue(epilogue: Epilogue, value, bias, residual, n, o, p):
+    """The TIR expression of ``epilogue`` applied to ``value`` at output ``(n, o, p)``."""
+    if epilogue.bias:
+        value = value + bias[o]
+    if epilogue.residual:
+        value = value + residual[n, o, p]
+    if epilogue.relu:
+        value = T.max(value, T.float32(0))
+    return value

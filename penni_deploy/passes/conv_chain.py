@@ -16,8 +16,8 @@ import scipy.sparse
 from tvm import relax
 
 from ..errors import UnsupportedModelError
-from ..kernels.basis_conv import ConvGeometry, group_maps_by_channel
 from ..kernels.epilogue import Epilogue
+from ..kernels.geometry import ConvGeometry, group_maps_by_channel
 from .conv_patterns import DENSE_COMPOSITE, PENNI_COMPOSITE
 from .ir_utils import const_value, is_call_to, static_shape
 

@@ -9,17 +9,11 @@ only calls these methods.
 from __future__ import annotations
 
 import abc
-from dataclasses import dataclass
 from typing import Any
 
 import tvm
 
-
-@dataclass(frozen=True)
-class KernelParams:
-    """Tiling knobs the kernel generators take; one set per target."""
-
-    lanes: int  # float32 lanes of a vector register
+from ..kernels.library import KernelLibrary
 
 
 class Target(abc.ABC):
@@ -35,8 +29,8 @@ class Target(abc.ABC):
 
     @property
     @abc.abstractmethod
-    def kernel_params(self) -> KernelParams:
-        """Knobs for the PENNI and dense-conv kernel generators."""
+    def kernels(self) -> KernelLibrary:
+        """The generators of this target's PENNI and dense-conv kernels."""
 
     @property
     @abc.abstractmethod
@@ -56,4 +50,9 @@ class Target(abc.ABC):
         """Lower ``mod`` with this target's passes and build it."""
         with self.tvm_target:
             mod = tvm.transform.Sequential(self.lowering_passes(), name=f"{self.name}_lowering")(mod)
-        return tvm.compile(mod, target=self.tvm_target, relax_pipeline=None)
+        executable = tvm.compile(mod, target=self.tvm_target, relax_pipeline=None)
+        self.check_build(executable)
+        return executable
+
+    def check_build(self, executable: tvm.relax.Executable) -> None:
+        """Raise if the build is not what this target promises (e.g. no device code). No-op here."""

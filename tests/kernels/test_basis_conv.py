@@ -3,12 +3,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from penni_deploy.kernels.basis_conv import (
-    ConvGeometry,
-    basis_conv_kernel,
-    basis_conv_reference,
-    group_maps_by_channel,
-)
+from penni_deploy.kernels.cpu import basis_conv_kernel
+from penni_deploy.kernels.geometry import ConvGeometry, group_maps_by_channel
+from penni_deploy.kernels.reference import basis_conv_reference
 
 CASES = {
     "3x3-pad1": dict(h=9, w=9, k=3, stride=(1, 1), pad=(1, 1, 1, 1), dil=(1, 1)),

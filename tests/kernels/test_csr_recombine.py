@@ -3,11 +3,9 @@ import pytest
 import scipy.sparse
 import torch
 
-from penni_deploy.kernels.csr_recombine import (
-    csr_recombine_kernel,
-    csr_recombine_reference,
-)
+from penni_deploy.kernels.cpu import csr_recombine_kernel
 from penni_deploy.kernels.epilogue import Epilogue
+from penni_deploy.kernels.reference import csr_recombine_reference
 
 EPILOGUES = {
     "none": Epilogue(),

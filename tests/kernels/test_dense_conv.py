@@ -3,13 +3,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from penni_deploy.kernels.basis_conv import ConvGeometry
-from penni_deploy.kernels.dense_conv import (
-    dense_conv_kernel,
-    dense_conv_reference,
-    needs_im2col,
-)
+from penni_deploy.kernels.cpu import dense_conv_kernel, needs_im2col
 from penni_deploy.kernels.epilogue import Epilogue
+from penni_deploy.kernels.geometry import ConvGeometry
+from penni_deploy.kernels.reference import dense_conv_reference
 
 CASES = {
     "1x1": dict(h=8, w=8, k=1, stride=(1, 1), pad=(0, 0, 0, 0), dil=(1, 1), cout=16),

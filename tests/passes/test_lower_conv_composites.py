@@ -105,7 +105,7 @@ def test_composites_become_kernel_calls(case, imported, x86, ir):
     _, fused = _fused(imported, case)
     assert sum(ir.composite_calls(fused).values()) == 1
 
-    lowered = LowerConvComposites(x86.kernel_params)(fused)
+    lowered = LowerConvComposites(x86.kernels)(fused)
 
     assert ir.composite_functions(lowered) == []
     assert _kernel_calls(lowered) == CASES[case][2]
@@ -116,7 +116,7 @@ def test_composites_become_kernel_calls(case, imported, x86, ir):
 def test_all_zero_penni_layer_is_its_epilogue_only(case, imported, x86, ir):
     _, fused = _fused(imported, case)
 
-    lowered = LowerConvComposites(x86.kernel_params)(fused)
+    lowered = LowerConvComposites(x86.kernels)(fused)
 
     assert not any(isinstance(f, tirx.PrimFunc) for f in lowered.functions.values())
     counts = ir.op_counts(lowered)
@@ -131,7 +131,7 @@ def test_only_maps_some_coefficient_reads_are_computed(imported, x86, ir):
     used_maps = int(np.count_nonzero(np.any(coefs != 0, axis=0)))
     assert used_maps <= 7 * 5
 
-    lowered = LowerConvComposites(x86.kernel_params)(fused)
+    lowered = LowerConvComposites(x86.kernels)(fused)
 
     (basis_call,) = [c for c in ir.calls_of(lowered["main"], "relax.call_tir")
                      if c.args[0].name_hint.startswith("penni_basis_conv")]
@@ -160,15 +160,15 @@ def test_output_matches_plain_tvm_build(case, imported, nets, run_x86, run_plain
 
 def test_second_run_changes_nothing(imported, x86):
     _, fused = _fused(imported, "penni_10pct_bias_res_relu")
-    once = LowerConvComposites(x86.kernel_params)(fused)
+    once = LowerConvComposites(x86.kernels)(fused)
 
-    tvm.ir.assert_structural_equal(LowerConvComposites(x86.kernel_params)(once), once)
+    tvm.ir.assert_structural_equal(LowerConvComposites(x86.kernels)(once), once)
 
 
 def test_module_without_composites_is_unchanged(nets, torch_to_relax, x86):
     mod = FoldWeightExpressions()(torch_to_relax(nn.Sequential(nets.batch_norm(8, seed=1), nn.ReLU())))
 
-    tvm.ir.assert_structural_equal(LowerConvComposites(x86.kernel_params)(mod), mod)
+    tvm.ir.assert_structural_equal(LowerConvComposites(x86.kernels)(mod), mod)
 
 
 class _TwoPenniOneDense(nn.Module):
@@ -186,7 +186,7 @@ def test_each_layer_gets_its_own_kernels(nets, torch_to_relax, x86, run_x86, ass
     model = _TwoPenniOneDense(nets)
     fused, _ = run_passes(torch_to_relax(model), graph_passes("penni"))
 
-    lowered = LowerConvComposites(x86.kernel_params)(fused)
+    lowered = LowerConvComposites(x86.kernels)(fused)
 
     assert _kernel_calls(lowered) == {"penni_basis_conv": 2, "penni_csr_recombine": 2, "dense_conv": 1}
     x = nets.input(seed=3)

@@ -1,4 +1,4 @@
-"""x86 target: host detection, ``--mcpu`` cross-builds and the CPU lowering pipeline."""
+"""x86 target: host detection, ``--mcpu`` cross-builds, CPU kernels and schedules."""
 
 from __future__ import annotations
 
@@ -9,8 +9,10 @@ import tvm
 from tvm.target import codegen
 
 from ...errors import TargetError
-from ..base import KernelParams, Target
-from .pipeline import cpu_lowering_passes
+from ...kernels.cpu import CpuKernels
+from ..base import Target
+from ..common import lowering_passes
+from .schedules import ScheduleRemainingOps
 
 # LLVM's default triple on these wheels names a conda toolchain, which makes mcpu fall back to
 # generic x86-64 code; always pin a plain Linux triple.
@@ -52,8 +54,8 @@ class X86Target(Target):
         return self._tvm_target
 
     @property
-    def kernel_params(self) -> KernelParams:
-        return KernelParams(lanes=self._lanes)
+    def kernels(self) -> CpuKernels:
+        return CpuKernels(lanes=self._lanes)
 
     @property
     def device(self) -> str:
@@ -64,4 +66,4 @@ class X86Target(Target):
                 "isa": self.isa, "tvm_target": str(self._tvm_target)}
 
     def lowering_passes(self) -> list[tvm.transform.Pass]:
-        return cpu_lowering_passes(self)
+        return lowering_passes(self.kernels, ScheduleRemainingOps())

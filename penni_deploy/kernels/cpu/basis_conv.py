@@ -1,4 +1,4 @@
-"""Stage 1 of a PENNI layer: the basis convolution ``M[m] = X[channel(m)] ⋆ Wm[m]`` (CPU kernel).
+"""Stage 1 of a PENNI layer on CPUs: the basis convolution ``M[m] = X[channel(m)] ⋆ Wm[m]``.
 
 Each map ``m`` is one (input channel i, basis r) pair that some output actually uses; maps no
 coefficient reads are never computed. Maps are grouped by input channel so each channel is padded
@@ -11,63 +11,12 @@ CSR recombination) streams whole map rows.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
-import numpy as np
 from tvm import tirx
 from tvm.script.ir_builder import IRBuilder
 from tvm.script.ir_builder import tirx as T
 
-from .tir_helpers import F32, I32, pick_block, static_blocks
-
-
-@dataclass(frozen=True)
-class ConvGeometry:
-    """Shape of one 2-D convolution, NCHW, symmetric or asymmetric zero padding."""
-
-    batch: int
-    in_channels: int
-    height: int
-    width: int
-    kernel_h: int
-    kernel_w: int
-    stride: tuple[int, int] = (1, 1)
-    padding: tuple[int, int, int, int] = (0, 0, 0, 0)  # top, left, bottom, right
-    dilation: tuple[int, int] = (1, 1)
-
-    @property
-    def out_height(self) -> int:
-        top, _, bottom, _ = self.padding
-        span = (self.kernel_h - 1) * self.dilation[0] + 1
-        return (self.height + top + bottom - span) // self.stride[0] + 1
-
-    @property
-    def out_width(self) -> int:
-        _, left, _, right = self.padding
-        span = (self.kernel_w - 1) * self.dilation[1] + 1
-        return (self.width + left + right - span) // self.stride[1] + 1
-
-    @property
-    def window_height(self) -> int:
-        """Rows of padded input the outputs actually read."""
-        return (self.out_height - 1) * self.stride[0] + (self.kernel_h - 1) * self.dilation[0] + 1
-
-    @property
-    def window_width(self) -> int:
-        return (self.out_width - 1) * self.stride[1] + (self.kernel_w - 1) * self.dilation[1] + 1
-
-
-def group_maps_by_channel(map_channels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """For maps sorted by channel: the distinct channels and CSR-style pointers into the maps.
-
-    Returns ``(channels, map_ptr)`` with maps ``map_ptr[c]:map_ptr[c+1]`` reading ``channels[c]``.
-    """
-    map_channels = np.asarray(map_channels, dtype=np.int64)
-    if map_channels.size and np.any(np.diff(map_channels) < 0):
-        raise ValueError("maps must be sorted by input channel")
-    channels, counts = np.unique(map_channels, return_counts=True)
-    map_ptr = np.concatenate([[0], np.cumsum(counts)])
-    return channels.astype(np.int32), map_ptr.astype(np.int32)
+from ..geometry import ConvGeometry
+from ..tir_helpers import F32, I32, pick_block, static_blocks
 
 
 def basis_conv_kernel(geom: ConvGeometry, n_maps: int, n_channels: int, *, lanes: int = 16) -> tirx.PrimFunc:
@@ -135,19 +84,3 @@ def basis_conv_kernel(geom: ConvGeometry, n_maps: int, n_channels: int, *, lanes
 
                         static_blocks(wo, x_block, row_block)
     return ib.get()
-
-
-def basis_conv_reference(x: np.ndarray, geom: ConvGeometry, map_channels: np.ndarray, weights: np.ndarray) -> np.ndarray:
-    """NumPy reference: ``M[n, m] = conv2d(X[n, map_channels[m]], weights[m])``, flattened."""
-    g = geom
-    top, left, bottom, right = g.padding
-    xp = np.pad(x, ((0, 0), (0, 0), (top, bottom), (left, right)))
-    ho, wo = g.out_height, g.out_width
-    out = np.zeros((g.batch, len(map_channels), ho, wo), np.float64)
-    for ky in range(g.kernel_h):
-        for kx in range(g.kernel_w):
-            y0, x0 = ky * g.dilation[0], kx * g.dilation[1]
-            patch = xp[:, map_channels, y0 : y0 + (ho - 1) * g.stride[0] + 1 : g.stride[0],
-                       x0 : x0 + (wo - 1) * g.stride[1] + 1 : g.stride[1]]
-            out += patch * weights[None, :, ky, kx, None, None]
-    return out.reshape(g.batch, len(map_channels), ho * wo).astype(np.float32)

@@ -1,4 +1,4 @@
-"""Dense convolution for the layers that are not PENNI layers (a dense stem, 1×1 shortcuts).
+"""Dense convolution on CPUs, for the layers that are not PENNI layers (a dense stem, 1×1 shortcuts).
 
 TVM 0.27 ships no CPU schedule for conv2d, so this is a generated kernel: the input is gathered
 into an im2col buffer (skipped for a stride-1, unpadded 1×1 conv, which needs none), then a
@@ -8,15 +8,13 @@ reduction runs. The epilogue (bias, residual, ReLU) is fused into the store.
 
 from __future__ import annotations
 
-import numpy as np
 from tvm import tirx
 from tvm.script.ir_builder import IRBuilder
 from tvm.script.ir_builder import tirx as T
 
-from .basis_conv import ConvGeometry
-from .csr_recombine import apply_epilogue
-from .epilogue import Epilogue
-from .tir_helpers import F32, largest_divisor_at_most, pick_block
+from ..epilogue import Epilogue, apply_epilogue
+from ..geometry import ConvGeometry
+from ..tir_helpers import F32, largest_divisor_at_most, pick_block
 
 
 def needs_im2col(geom: ConvGeometry) -> bool:
@@ -118,19 +116,3 @@ def dense_conv_kernel(geom: ConvGeometry, out_channels: int, epilogue: Epilogue,
                         with T.Else():
                             gemm_block(full * block, tail)
     return ib.get()
-
-
-def dense_conv_reference(x: np.ndarray, weight: np.ndarray, geom: ConvGeometry, epilogue: Epilogue,
-                         bias: np.ndarray | None = None, residual: np.ndarray | None = None) -> np.ndarray:
-    """NumPy reference of the same conv (OIHW weight), output flattened to ``(N, Cout, Ho*Wo)``."""
-    g = geom
-    top, left, bottom, right = g.padding
-    xp = np.pad(x.astype(np.float64), ((0, 0), (0, 0), (top, bottom), (left, right)))
-    ho, wo = g.out_height, g.out_width
-    acc = np.zeros((g.batch, weight.shape[0], ho, wo))
-    for ky in range(g.kernel_h):
-        for kx in range(g.kernel_w):
-            y0, x0 = ky * g.dilation[0], kx * g.dilation[1]
-            patch = xp[:, :, y0 : y0 + (ho - 1) * g.stride[0] + 1 : g.stride[0], x0 : x0 + (wo - 1) * g.stride[1] + 1 : g.stride[1]]
-            acc += np.einsum("nihw,oi->nohw", patch, weight[:, :, ky, kx])
-    return epilogue.apply_reference(acc.reshape(g.batch, weight.shape[0], ho * wo), bias, residual)

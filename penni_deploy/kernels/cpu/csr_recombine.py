@@ -1,4 +1,4 @@
-"""Stage 2 of a PENNI layer: sparse recombination ``Y = epilogue(C_csr @ M)`` (CPU kernel).
+"""Stage 2 of a PENNI layer on CPUs: sparse recombination ``Y = epilogue(C_csr @ M)``.
 
 ``C`` is the layer's coefficient matrix (Cout × n_maps, CSR, known at compile time) and ``M`` the
 basis maps from stage 1. Each task owns one output channel and a block of pixels; its block stays in
@@ -8,14 +8,12 @@ coefficient costs one load and one FMA per vector. Empty rows produce just the e
 
 from __future__ import annotations
 
-import numpy as np
-import scipy.sparse
 from tvm import tirx
 from tvm.script.ir_builder import IRBuilder
 from tvm.script.ir_builder import tirx as T
 
-from .epilogue import Epilogue
-from .tir_helpers import F32, I32, pick_block, static_blocks
+from ..epilogue import Epilogue, apply_epilogue
+from ..tir_helpers import F32, I32, pick_block, static_blocks
 
 
 def csr_recombine_kernel(batch: int, n_maps: int, pixels: int, out_channels: int, nnz: int,
@@ -67,21 +65,3 @@ def csr_recombine_kernel(batch: int, n_maps: int, pixels: int, out_channels: int
 
                 static_blocks(pixels, block, pixel_block)
     return ib.get()
-
-
-def apply_epilogue(epilogue: Epilogue, value, bias, residual, n, o, p):
-    """The TIR expression of ``epilogue`` applied to ``value`` at output ``(n, o, p)``."""
-    if epilogue.bias:
-        value = value + bias[o]
-    if epilogue.residual:
-        value = value + residual[n, o, p]
-    if epilogue.relu:
-        value = T.max(value, T.float32(0))
-    return value
-
-
-def csr_recombine_reference(maps: np.ndarray, coefs: scipy.sparse.csr_matrix, epilogue: Epilogue,
-                            bias: np.ndarray | None = None, residual: np.ndarray | None = None) -> np.ndarray:
-    """SciPy reference: ``epilogue(coefs @ maps[n])`` for each image ``n``."""
-    acc = np.stack([coefs @ maps[n].astype(np.float64) for n in range(maps.shape[0])])
-    return epilogue.apply_reference(acc, bias, residual)
