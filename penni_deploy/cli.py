@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import sys
 import time
 import warnings
@@ -55,7 +56,23 @@ class _Progress:
             print(f"[{time.perf_counter() - self.start:6.1f}s] {message}", file=sys.stderr, flush=True)
 
 
-Arch = Annotated[Optional[str], typer.Option(help="Architecture of a state_dict checkpoint: resnet18, resnet56, vgg16.")]
+Arch = Annotated[Optional[list[str]], typer.Option(
+    help="Model architecture of a state_dict checkpoint (resnet18, resnet56, vgg16), and/or the GPU architecture "
+         "for --target cuda (sm_80, or a TVM tag such as nvidia/nvidia-a100). May be given twice.")]
+Device = Annotated[Optional[str], typer.Option(help="cpu or cuda; default: the device the artifact was built for.")]
+
+_GPU_ARCH = re.compile(r"^(sm_\d+[af]?|compute_\d+[af]?|nvidia/.+)$")
+
+
+def _split_arch(values: Optional[list[str]]) -> tuple[Optional[str], Optional[str]]:
+    """``--arch`` carries both meanings of the issue tracker's spelling: a model architecture for
+    state_dicts and a GPU architecture for CUDA builds. They never look alike, so sort them."""
+    model, gpu = [], []
+    for value in values or []:
+        (gpu if _GPU_ARCH.match(value) else model).append(value)
+    if len(model) > 1 or len(gpu) > 1:
+        raise InputSpecError(f"--arch given twice for the same thing: {', '.join(model if len(model) > 1 else gpu)}")
+    return (model[0] if model else None), (gpu[0] if gpu else None)
 TrustPickle = Annotated[bool, typer.Option(
     "--trust-pickle", help="Allow a whole pickled nn.Module (pickles can run code; loaded through an allow-list).")]
 InputShape = Annotated[Optional[str], typer.Option(help="Input shape N,C,H,W when the file records none.")]
@@ -81,9 +98,10 @@ def compile(  # noqa: A001 - the command is called compile
     from .compiler import CompileOptions, compile_model
     from .passes.layer_report import format_layer_table
 
-    options = CompileOptions(target=target, mcpu=mcpu, pipeline=pipeline)
+    model_arch, gpu_arch = _split_arch(arch)
+    options = CompileOptions(target=target, mcpu=mcpu, gpu_arch=gpu_arch, pipeline=pipeline)
     progress = _Progress(quiet)
-    manifest = compile_model(str(model), str(output), arch=arch, trust_pickle=trust_pickle,
+    manifest = compile_model(str(model), str(output), arch=model_arch, trust_pickle=trust_pickle,
                              input_shape=_shape(input_shape), batch=batch, options=options, progress=progress)
     if report:
         typer.echo(format_layer_table(manifest.layers))
@@ -95,6 +113,7 @@ def run(
     artifact: Annotated[Path, typer.Argument(help="A .penni artifact.")],
     input: Annotated[Path, typer.Option("--input", "-i", help="Input array (.npy).")],  # noqa: A002
     output: Annotated[Path, typer.Option("--output", "-o", help="Where to write the output (.npy).")],
+    device: Device = None,
 ) -> None:
     """Run ARTIFACT on an input .npy file with the TVM runtime."""
     import numpy as np
@@ -105,7 +124,7 @@ def run(
         x = np.load(input, allow_pickle=False)
     except (OSError, ValueError) as exc:
         raise InputSpecError(f"cannot read {input} as a .npy array: {exc}") from None
-    y = load(str(artifact))(x)
+    y = load(str(artifact), device)(x)
     tmp = output.with_name(output.name + ".partial.npy")
     np.save(tmp, y)
     os.replace(tmp, output)
@@ -151,15 +170,18 @@ def bench(
     batch: Annotated[str, typer.Option(help="Batch sizes, comma-separated.")] = "1,8",
     threads: Annotated[Optional[int], typer.Option(help="Threads for every engine (default: all cores).")] = None,
     repeat: Annotated[int, typer.Option(help="Timed runs per engine (median and p90 reported).")] = 100,
+    device: Annotated[str, typer.Option(help="cpu, or cuda (needs a GPU; compile with --target cuda).")] = "cpu",
     json_out: Annotated[Optional[Path], typer.Option("--json", help="Also write the report as JSON.")] = None,
 ) -> None:
     """Compile MODEL and measure it against PyTorch eager (dense and two-stage) and plain TVM."""
     from .bench import BenchOptions, format_bench_table, run_bench
     from .compiler import CompileOptions
 
+    model_arch, gpu_arch = _split_arch(arch)
     options = BenchOptions(batches=_int_list(batch, "--batch"), threads=threads or os.cpu_count() or 1,
-                           repeat=repeat, min_repeat=min(20, repeat), compile=CompileOptions(target=target, mcpu=mcpu))
-    report = run_bench(str(model), arch=arch, trust_pickle=trust_pickle, input_shape=_shape(input_shape),
+                           repeat=repeat, min_repeat=min(20, repeat), device=device,
+                           compile=CompileOptions(target=target, mcpu=mcpu, gpu_arch=gpu_arch))
+    report = run_bench(str(model), arch=model_arch, trust_pickle=trust_pickle, input_shape=_shape(input_shape),
                        options=options, progress=_Progress())
     typer.echo(format_bench_table(report))
     if json_out:

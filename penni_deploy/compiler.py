@@ -40,7 +40,9 @@ class CompileOptions:
     target : str
         Target name (``x86``).
     mcpu : str, optional
-        CPU to build for (LLVM name); the host CPU by default.
+        CPU to build for (LLVM name; x86 only); the host CPU by default.
+    gpu_arch : str, optional
+        GPU architecture (``sm_80`` or a TVM tag; cuda only); all from sm_75 to sm_90 by default.
     pipeline : str
         Graph pipeline: ``penni`` (the compiler) or ``dense`` (TVM without the PENNI passes).
     passes : PipelineOptions
@@ -49,11 +51,12 @@ class CompileOptions:
 
     target: str = "x86"
     mcpu: str | None = None
+    gpu_arch: str | None = None
     pipeline: str = "penni"
     passes: PipelineOptions = field(default_factory=PipelineOptions)
 
     def make_target(self):
-        return get_target(self.target, **({"mcpu": self.mcpu} if self.mcpu else {}))
+        return get_target(self.target, mcpu=self.mcpu, arch=self.gpu_arch)
 
 
 @dataclass(frozen=True, eq=False)

@@ -12,6 +12,8 @@ import tempfile
 import zipfile
 from dataclasses import replace
 
+from ..errors import ArtifactError
+from .fatbin import embedded_architectures
 from .manifest import LIBRARY_NAME, MANIFEST_NAME, Manifest
 
 
@@ -25,8 +27,13 @@ def write_artifact(path: str, executable, manifest: Manifest) -> Manifest:
         executable.export_library(lib_path)
         with open(lib_path, "rb") as f:
             library = f.read()
-    manifest = replace(manifest, library={"file": LIBRARY_NAME, "sha256": hashlib.sha256(library).hexdigest(),
-                                          "bytes": len(library)})
+    library_info = {"file": LIBRARY_NAME, "sha256": hashlib.sha256(library).hexdigest(), "bytes": len(library)}
+    if manifest.target.get("device") == "cuda":
+        gpu_code = embedded_architectures(library)
+        if not gpu_code:
+            raise ArtifactError("the CUDA library holds no compiled GPU code (no fatbinary); refusing to write it")
+        library_info["gpu_code"] = gpu_code
+    manifest = replace(manifest, library=library_info)
     fd, tmp_zip = tempfile.mkstemp(prefix=".penni-", suffix=".partial", dir=out_dir)
     try:
         with os.fdopen(fd, "wb") as raw, zipfile.ZipFile(raw, "w", compression=zipfile.ZIP_DEFLATED) as archive:

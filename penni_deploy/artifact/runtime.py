@@ -55,6 +55,8 @@ def _check_runtime(manifest: Manifest, device: str | None) -> str:
     if device is not None and device != want:
         raise ArtifactError(f"artifact was compiled for target {manifest.target.get('name')} (device {want}), "
                             f"not for device {device}; recompile with --target matching the device")
+    if want == "cuda":
+        _check_gpu(manifest)
     if want == "cpu":
         missing = _missing_cpu_features(manifest.target)
         if missing:
@@ -62,6 +64,34 @@ def _check_runtime(manifest: Manifest, device: str | None) -> str:
                                 f"({manifest.target.get('isa')}) but this CPU lacks {', '.join(missing)}; "
                                 "recompile for this machine (penni-deploy compile without --mcpu)")
     return want
+
+
+def _check_gpu(manifest: Manifest) -> None:
+    import tvm
+
+    code = manifest.library.get("gpu_code", [])
+    device = tvm.cuda(0)
+    if not device.exist:
+        raise ArtifactError(f"this artifact runs on NVIDIA GPUs (code for {', '.join(code)}), but no CUDA device is "
+                            "available here (no GPU, or no NVIDIA driver); run it on a GPU machine or recompile "
+                            "with --target x86")
+    capability = int(str(device.compute_version).replace(".", ""))
+    if not gpu_code_runs_on(code, capability):
+        raise ArtifactError(f"this GPU has compute capability {capability / 10:.1f}, but the artifact holds code for "
+                            f"{', '.join(code)} only; recompile with --arch sm_{capability}")
+
+
+def gpu_code_runs_on(code: list[str], capability: int) -> bool:
+    """Whether embedded ``code`` (``sm_80``, ``compute_90``) can run on a GPU of ``capability`` (e.g. 86):
+    SASS of the same major version and no newer minor, or PTX no newer than it (the driver compiles it)."""
+    for name in code:
+        kind, number = name.split("_")
+        arch = int(number.rstrip("af"))
+        if kind == "sm" and arch // 10 == capability // 10 and arch <= capability:
+            return True
+        if kind == "compute" and arch <= capability:
+            return True
+    return False
 
 
 def _missing_cpu_features(target: dict[str, Any], flags: list[str] | None = None) -> list[str]:

@@ -20,7 +20,7 @@ import subprocess
 import sys
 import tempfile
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 import torch
@@ -42,6 +42,7 @@ class BenchOptions:
     repeat: int = 100
     min_repeat: int = 20
     max_seconds: float = 10.0
+    device: str | None = None  # default: the compile target's device
     compile: CompileOptions = field(default_factory=CompileOptions)
 
 
@@ -73,6 +74,7 @@ def run_bench(path: str, *, arch: str | None = None, trust_pickle: bool = False,
     """Compile ``path`` and measure every engine at every batch size; returns a JSON-able report."""
     from ..artifact.runtime import load
 
+    device = _bench_device(options)
     loaded = load_model(path, arch=arch, trust_pickle=trust_pickle)
     references = _reference_modules(loaded)
     dense_source = references.get("torch-dense") or references.get("torch-as-saved")
@@ -97,7 +99,7 @@ def run_bench(path: str, *, arch: str | None = None, trust_pickle: bool = False,
             manifest = compile_loaded(loaded, artifacts["penni-deploy"], input_shape=shape, options=options.compile)
             progress(f"batch {batch}: compiling TVM without the PENNI passes")
             artifacts["tvm-dense"] = os.path.join(tmp, f"dense-b{batch}.penni")
-            dense_options = CompileOptions(options.compile.target, options.compile.mcpu, "dense", options.compile.passes)
+            dense_options = replace(options.compile, pipeline="dense")
             compile_loaded(dense_loaded, artifacts["tvm-dense"], input_shape=shape, options=dense_options)
 
             x = np.random.default_rng(batch).standard_normal(shape).astype(np.float32)
@@ -114,21 +116,40 @@ def run_bench(path: str, *, arch: str | None = None, trust_pickle: bool = False,
                 else:
                     progress(f"batch {batch}: measuring {name}")
                     kind = "torchscript" if isinstance(module, torch.jit.ScriptModule) else "torch"
-                    engine.update(_measure(_spec(options, kind, saved[name], shape)))
+                    engine.update(_measure(_spec(options, kind, saved[name], shape, device)))
                 results.append(engine)
             for name, artifact in artifacts.items():
                 progress(f"batch {batch}: measuring {name}")
-                results.append({"engine": name, "batch": batch, **_measure(_spec(options, "tvm", artifact, shape))})
+                results.append({"engine": name, "batch": batch,
+                                **_measure(_spec(options, "tvm", artifact, shape, device))})
     return {
-        "model": os.path.basename(path), "format": loaded.format, "threads": options.threads,
+        "model": os.path.basename(path), "format": loaded.format, "threads": options.threads, "device": device,
         "target": manifest.target, "conv_macs_dense": sum(layer["macs_dense"] for layer in manifest.layers),
         "conv_macs_compiled": sum(layer["macs_compiled"] for layer in manifest.layers),
         "parity_max_rel_error": parity, "results": results,
     }
 
 
-def _spec(options: BenchOptions, kind: str, path: str, shape) -> dict:
-    return {"engine_kind": kind, "path": path, "shape": list(shape), "threads": options.threads,
+def _bench_device(options: BenchOptions) -> str:
+    """The device to measure on: the compile target's, checked against ``--device`` and availability."""
+    from ..errors import PenniError
+
+    target_device = options.compile.make_target().device
+    device = options.device or target_device
+    if device != target_device:
+        raise PenniError(f"--device {device} needs an artifact built for it: pass --target "
+                         f"{'cuda' if device == 'cuda' else 'x86'}")
+    if device == "cuda":
+        import tvm
+
+        if not (tvm.cuda(0).exist and torch.cuda.is_available()):
+            raise PenniError("bench --device cuda needs an NVIDIA GPU with its driver, and PyTorch with CUDA; "
+                             "none is available here (use --target x86, or run scripts/gpu_check.py on a GPU machine)")
+    return device
+
+
+def _spec(options: BenchOptions, kind: str, path: str, shape, device: str) -> dict:
+    return {"engine_kind": kind, "path": path, "shape": list(shape), "threads": options.threads, "device": device,
             "warmup": options.warmup, "repeat": options.repeat, "min_repeat": options.min_repeat,
             "max_seconds": options.max_seconds}
 

@@ -3,7 +3,8 @@
 Run as ``python -m penni_deploy.bench.worker SPEC_JSON``; prints one JSON line. A process per engine
 keeps their memory apart: ``model_mb`` is what loading the model added to the process, and
 ``inference_mb`` the high-water mark while running above the level right after loading (activations,
-workspaces, allocator caches), read from /proc/self/status after resetting it.
+workspaces, allocator caches), read from /proc/self/status after resetting it. On a GPU these are
+host memory only.
 """
 
 from __future__ import annotations
@@ -37,21 +38,23 @@ def _reset_peak() -> bool:
 
 
 def _load(spec: dict):
-    kind = spec["engine_kind"]
+    kind, device = spec["engine_kind"], spec.get("device", "cpu")
     if kind == "tvm":
         from penni_deploy.artifact.runtime import load
 
-        return load(spec["path"]).benchmark_callable()
+        return load(spec["path"], device).benchmark_callable()
     import torch
 
     torch.set_num_threads(spec["threads"])
     module = torch.load(spec["path"], weights_only=False) if kind == "torch" else torch.jit.load(spec["path"])
-    module.eval()
-    x = torch.randn(spec["shape"])
+    module = module.eval().to(device)
+    x = torch.randn(spec["shape"], device=device)
+    sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
 
     def run():
         with torch.inference_mode():
             module(x)
+        sync()
 
     return run
 

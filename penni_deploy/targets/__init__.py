@@ -15,19 +15,34 @@ def _x86(**options) -> Target:
     return X86Target(**options)
 
 
-# Name -> factory. Factories import lazily so that e.g. GPU tooling is only loaded when asked for.
+def _cuda(**options) -> Target:
+    from .cuda import CudaTarget
+
+    return CudaTarget(**options)
+
+
+# Name -> (factory, the options it takes). Factories import lazily so that e.g. GPU tooling is only
+# loaded when asked for.
 TARGET_FACTORIES = {
-    "x86": _x86,
+    "x86": (_x86, ("mcpu",)),
+    "cuda": (_cuda, ("arch",)),
 }
+
+# How each option is spelled on the command line, for error messages.
+_FLAGS = {"mcpu": "--mcpu", "arch": "--arch sm_XX"}
 
 
 def get_target(name: str, **options) -> Target:
-    """The target called ``name`` (``x86``), built with target-specific ``options`` (e.g. ``mcpu``)."""
-    try:
-        factory = TARGET_FACTORIES[name]
-    except KeyError:
-        raise TargetError(f"unknown target {name!r}; choose one of: {', '.join(TARGET_FACTORIES)}") from None
-    return factory(**options)
+    """The target called ``name`` (``x86``, ``cuda``), with target-specific ``options`` (``mcpu``, ``arch``)."""
+    if name not in TARGET_FACTORIES:
+        raise TargetError(f"unknown target {name!r}; choose one of: {', '.join(TARGET_FACTORIES)}")
+    factory, accepted = TARGET_FACTORIES[name]
+    for option, value in options.items():
+        if value is not None and option not in accepted:
+            users = [t for t, (_, opts) in TARGET_FACTORIES.items() if option in opts]
+            raise TargetError(f"{_FLAGS.get(option, option)} ({value}) applies to --target {' or '.join(users)}, "
+                              f"not to --target {name}")
+    return factory(**{k: v for k, v in options.items() if v is not None})
 
 
 __all__ = ["Target", "TARGET_FACTORIES", "get_target"]

@@ -51,7 +51,7 @@ def basis_conv_kernel(geom: ConvGeometry, n_maps: int, n_channels: int, *, lanes
     with IRBuilder() as ib:
         with T.prim_func():
             T.func_name("penni_basis_conv")
-            T.func_attr({"tir.noalias": True, "tir.is_scheduled": True})
+            T.func_attr({"tir.noalias": True, "tirx.is_scheduled": True})
             X = T.arg("X", T.Buffer((g.batch, g.in_channels, g.height, g.width), F32))
             channels = T.arg("channels", T.Buffer((n_channels,), I32))
             map_ptr = T.arg("map_ptr", T.Buffer((n_channels + 1,), I32))

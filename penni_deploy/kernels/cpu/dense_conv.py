@@ -56,7 +56,7 @@ def dense_conv_kernel(geom: ConvGeometry, out_channels: int, epilogue: Epilogue,
     with IRBuilder() as ib:
         with T.prim_func():
             T.func_name("dense_conv")
-            T.func_attr({"tir.noalias": True, "tir.is_scheduled": True})
+            T.func_attr({"tir.noalias": True, "tirx.is_scheduled": True})
             X = T.arg("X", T.Buffer((g.batch, g.in_channels, g.height, g.width), F32))
             W = T.arg("W", T.Buffer((out_channels, depth), F32))
             bias = T.arg("bias", T.Buffer((out_channels,), F32)) if epilogue.bias else None

@@ -1,0 +1,41 @@
+"""Stage 2 of a PENNI layer on GPUs: CSR rows over blocks and warps, pixels over threads.
+
+A block holds ``rows_per_block`` output channels (``threadIdx.y``) × a run of pixels
+(``threadIdx.x``). All threads of a row walk the same nonzeros, so ``indptr``/``indices``/``data``
+reads are broadcasts, and each nonzero streams one map row with coalesced loads. Bias, residual and
+ReLU are applied before the single store.
+"""
+
+from __future__ import annotations
+
+from tvm import tirx
+from tvm.script.ir_builder import IRBuilder
+from tvm.script.ir_builder import tirx as T
+
+from ..epilogue import Epilogue, apply_epilogue
+from ..tir_helpers import F32, I32
+from .launch import TileGrid, tile_indices
+
+
+def csr_recombine_gpu_kernel(batch: int, n_maps: int, pixels: int, out_channels: int, nnz: int,
+                             epilogue: Epilogue, *, on_gpu: bool = True, max_threads: int = 256) -> tirx.PrimFunc:
+    """Generate ``f(M, indptr, indices, data, [bias], [residual], Y)``; see the CPU kernel for shapes."""
+    grid = TileGrid(batch, out_channels, pixels, max_threads)
+    with IRBuilder() as ib:
+        with T.prim_func():
+            T.func_name("penni_csr_recombine")
+            T.func_attr({"tir.noalias": True, "tirx.is_scheduled": True})
+            M = T.arg("M", T.Buffer((batch, n_maps, pixels), F32))
+            indptr = T.arg("indptr", T.Buffer((out_channels + 1,), I32))
+            indices = T.arg("indices", T.Buffer((nnz,), I32))
+            data = T.arg("data", T.Buffer((nnz,), F32))
+            bias = T.arg("bias", T.Buffer((out_channels,), F32)) if epilogue.bias else None
+            residual = T.arg("residual", T.Buffer((batch, out_channels, pixels), F32)) if epilogue.residual else None
+            Y = T.arg("Y", T.Buffer((batch, out_channels, pixels), F32))
+            with tile_indices(grid, on_gpu) as (n, o, p):
+                acc = T.alloc_buffer((1,), F32, scope="local")
+                T.buffer_store(acc, T.float32(0), [0])
+                with T.serial(indptr[o], indptr[o + 1]) as j:
+                    T.buffer_store(acc, acc[0] + data[j] * M[n, indices[j], p], [0])
+                T.buffer_store(Y, apply_epilogue(epilogue, acc[0], bias, residual, n, o, p), [n, o, p])
+    return ib.get()
