@@ -14,6 +14,11 @@ from tvm.script.ir_builder import tirx as T
 F32 = "float32"
 I32 = "int32"
 
+#: Attributes of every generated kernel: buffers never alias (lets LLVM vectorize freely), the
+#: schedule is final (TVM's schedule rules skip it), and it is opaque to FuseOps (8 = kOpaque), so
+#: neighbouring reshapes are never fused into it.
+KERNEL_ATTRS = {"tirx.noalias": True, "tirx.is_scheduled": True, "op_pattern": 8}
+
 
 def static_blocks(extent: int, block: int, body: Callable[[object, int], None]) -> None:
     """Emit ``body(start, size)`` over ``[0, extent)`` in blocks of ``block`` plus one static tail.

@@ -16,7 +16,7 @@ from tvm.script.ir_builder import IRBuilder
 from tvm.script.ir_builder import tirx as T
 
 from ..geometry import ConvGeometry
-from ..tir_helpers import F32, I32, pick_block, static_blocks
+from ..tir_helpers import F32, I32, KERNEL_ATTRS, pick_block, static_blocks
 
 
 def basis_conv_kernel(geom: ConvGeometry, n_maps: int, n_channels: int, *, lanes: int = 16) -> tirx.PrimFunc:
@@ -51,7 +51,7 @@ def basis_conv_kernel(geom: ConvGeometry, n_maps: int, n_channels: int, *, lanes
     with IRBuilder() as ib:
         with T.prim_func():
             T.func_name("penni_basis_conv")
-            T.func_attr({"tir.noalias": True, "tirx.is_scheduled": True})
+            T.func_attr(KERNEL_ATTRS)
             X = T.arg("X", T.Buffer((g.batch, g.in_channels, g.height, g.width), F32))
             channels = T.arg("channels", T.Buffer((n_channels,), I32))
             map_ptr = T.arg("map_ptr", T.Buffer((n_channels + 1,), I32))

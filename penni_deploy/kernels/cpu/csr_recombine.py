@@ -13,7 +13,7 @@ from tvm.script.ir_builder import IRBuilder
 from tvm.script.ir_builder import tirx as T
 
 from ..epilogue import Epilogue, apply_epilogue
-from ..tir_helpers import F32, I32, pick_block, static_blocks
+from ..tir_helpers import F32, I32, KERNEL_ATTRS, pick_block, static_blocks
 
 
 def csr_recombine_kernel(batch: int, n_maps: int, pixels: int, out_channels: int, nnz: int,
@@ -40,7 +40,7 @@ def csr_recombine_kernel(batch: int, n_maps: int, pixels: int, out_channels: int
     with IRBuilder() as ib:
         with T.prim_func():
             T.func_name("penni_csr_recombine")
-            T.func_attr({"tir.noalias": True, "tirx.is_scheduled": True})
+            T.func_attr(KERNEL_ATTRS)
             M = T.arg("M", T.Buffer((batch, n_maps, pixels), F32))
             indptr = T.arg("indptr", T.Buffer((out_channels + 1,), I32))
             indices = T.arg("indices", T.Buffer((nnz,), I32))

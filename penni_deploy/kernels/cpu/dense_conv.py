@@ -14,7 +14,7 @@ from tvm.script.ir_builder import tirx as T
 
 from ..epilogue import Epilogue, apply_epilogue
 from ..geometry import ConvGeometry
-from ..tir_helpers import F32, largest_divisor_at_most, pick_block
+from ..tir_helpers import F32, KERNEL_ATTRS, largest_divisor_at_most, pick_block
 
 
 def needs_im2col(geom: ConvGeometry) -> bool:
@@ -56,7 +56,7 @@ def dense_conv_kernel(geom: ConvGeometry, out_channels: int, epilogue: Epilogue,
     with IRBuilder() as ib:
         with T.prim_func():
             T.func_name("dense_conv")
-            T.func_attr({"tir.noalias": True, "tirx.is_scheduled": True})
+            T.func_attr(KERNEL_ATTRS)
             X = T.arg("X", T.Buffer((g.batch, g.in_channels, g.height, g.width), F32))
             W = T.arg("W", T.Buffer((out_channels, depth), F32))
             bias = T.arg("bias", T.Buffer((out_channels,), F32)) if epilogue.bias else None

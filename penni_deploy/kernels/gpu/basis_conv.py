@@ -12,7 +12,7 @@ from tvm.script.ir_builder import IRBuilder
 from tvm.script.ir_builder import tirx as T
 
 from ..geometry import ConvGeometry
-from ..tir_helpers import F32, I32
+from ..tir_helpers import F32, I32, KERNEL_ATTRS
 from .launch import TileGrid, tile_indices
 
 
@@ -37,7 +37,7 @@ def basis_conv_gpu_kernel(geom: ConvGeometry, n_maps: int, *, on_gpu: bool = Tru
     with IRBuilder() as ib:
         with T.prim_func():
             T.func_name("penni_basis_conv")
-            T.func_attr({"tir.noalias": True, "tirx.is_scheduled": True})
+            T.func_attr(KERNEL_ATTRS)
             X = T.arg("X", T.Buffer((g.batch, g.in_channels, g.height, g.width), F32))
             map_channels = T.arg("map_channels", T.Buffer((n_maps,), I32))
             weights = T.arg("weights", T.Buffer((n_maps, g.kernel_h, g.kernel_w), F32))

@@ -13,7 +13,7 @@ from tvm.script.ir_builder import tirx as T
 
 from ..epilogue import Epilogue, apply_epilogue
 from ..geometry import ConvGeometry
-from ..tir_helpers import F32
+from ..tir_helpers import F32, KERNEL_ATTRS
 from .launch import TileGrid, tile_indices
 
 
@@ -27,7 +27,7 @@ def dense_conv_gpu_kernel(geom: ConvGeometry, out_channels: int, epilogue: Epilo
     with IRBuilder() as ib:
         with T.prim_func():
             T.func_name("dense_conv")
-            T.func_attr({"tir.noalias": True, "tirx.is_scheduled": True})
+            T.func_attr(KERNEL_ATTRS)
             X = T.arg("X", T.Buffer((g.batch, g.in_channels, g.height, g.width), F32))
             W = T.arg("W", T.Buffer((out_channels, g.in_channels * taps), F32))
             bias = T.arg("bias", T.Buffer((out_channels,), F32)) if epilogue.bias else None
