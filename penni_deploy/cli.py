@@ -220,6 +220,39 @@ def example(
         typer.echo(f"wrote {sample_input}: input {ZOO_INPUT_SHAPE} float32", err=True)
 
 
+@app.command()
+def compress(
+    arch: Annotated[str, typer.Option(help="Network: resnet18, resnet20, resnet56, vgg16 (CIFAR-10).")],
+    data: Annotated[Path, typer.Option(help="cifar-10-batches-py folder, or a folder with train.tar.gz/test.tar.gz.")],
+    output: Annotated[Path, typer.Option("-o", "--output", help="Model to write: TorchScript (.pt) or .pt2.")],
+    baseline: Annotated[Optional[Path], typer.Option(help="Dense state_dict to start from (skips baseline training).")] = None,
+    baseline_epochs: int = 100,
+    retrain_epochs: int = 100,
+    finetune_epochs: int = 30,
+    lr: float = 0.01,
+    l1: float = 1e-4,
+    interval: Annotated[int, typer.Option(help="Alternate coefficients/bases every N epochs.")] = 5,
+    d: Annotated[int, typer.Option("--d", help="Bases per layer.")] = 5,
+    batch_size: int = 128,
+    subset: Annotated[Optional[int], typer.Option(help="Train on N images (balanced) for quick runs.")] = None,
+    test_subset: Annotated[Optional[int], typer.Option(help="Evaluate on N test images.")] = None,
+    seed: int = 0,
+    resume: Annotated[bool, typer.Option("--resume", help="Continue from the work folder's checkpoints.")] = False,
+) -> None:
+    """Train, decompose, retrain, prune, fine-tune and shrink a network with the PENNI method."""
+    from .method.compress import CompressConfig, check_config
+    from .method.compress import compress as run_compress
+
+    config = CompressConfig(arch=arch, data=str(data), output=str(output),
+                            baseline=str(baseline) if baseline else None, baseline_epochs=baseline_epochs,
+                            retrain_epochs=retrain_epochs, finetune_epochs=finetune_epochs, lr=lr, l1=l1,
+                            interval=interval, num_bases=d, batch_size=batch_size, subset=subset,
+                            test_subset=test_subset, seed=seed, resume=resume)
+    check_config(config)
+    for summary in run_compress(config):
+        typer.echo(summary.line())
+
+
 def main(argv: Optional[list[str]] = None) -> int:
     """Console entry point: run the app, turning PenniError into a one-line message and exit code."""
     logging.basicConfig(level=os.environ.get("PENNI_LOG", "WARNING").upper(), format="%(levelname)s %(name)s: %(message)s")
