@@ -57,7 +57,8 @@ class _Progress:
 
 
 Arch = Annotated[Optional[list[str]], typer.Option(
-    help="Model architecture of a state_dict checkpoint (resnet18, resnet56, vgg16), and/or the GPU architecture "
+    help="Model architecture of a state_dict checkpoint (resnet18, resnet20, resnet56, vgg16, alexnet, resnet50), "
+         "and/or the GPU architecture "
          "for --target cuda (sm_80, or a TVM tag such as nvidia/nvidia-a100). May be given twice.")]
 Device = Annotated[Optional[str], typer.Option(help="cpu or cuda; default: the device the artifact was built for.")]
 

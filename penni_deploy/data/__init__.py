@@ -1,6 +1,12 @@
 """Training and evaluation data: CIFAR-10 (pickled batches or JPEG archives) and ImageNet-style folders."""
 
-from .cifar10 import CIFAR10_CLASSES, CifarArrays, class_quotas, clear_cache, load_cifar10
+from .cifar10 import (
+    CIFAR10_CLASSES,
+    CifarArrays,
+    class_quotas,
+    clear_cache,
+    load_cifar10,
+)
 from .imagenet import IMAGENET_MEAN, IMAGENET_STD, ImageFolderDataset
 from .transforms import (
     CIFAR10_MEAN,

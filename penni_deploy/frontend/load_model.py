@@ -35,7 +35,7 @@ logger = logging.getLogger(__name__)
 #: Name of the TorchScript extra file where penni-deploy records the input shape.
 INPUT_SHAPE_EXTRA = "penni_input_shape.json"
 
-#: Input shape of the model zoo's networks (CIFAR-10), used for ``--arch`` checkpoints.
+#: Input shape of the CIFAR-10 networks (the zoo's per-architecture shapes are ``models.INPUT_SHAPES``).
 ZOO_INPUT_SHAPE = (1, 3, 32, 32)
 
 # Keys under which training scripts commonly nest the state_dict in a checkpoint dict.
@@ -148,12 +148,13 @@ def _load_torch_save(path: str, sha: str, arch: str | None, trust_pickle: bool) 
                 f"{path} is a pickled Python object (e.g. a whole nn.Module), and unpickling can run arbitrary "
                 "code. If you trust the file, pass --trust-pickle (it is then loaded through an allow-list of "
                 "known PENNI/torch.nn classes); otherwise save a state_dict and pass --arch.") from None
-        from ..models import ARCHITECTURES
+        from ..models import ARCHITECTURES, INPUT_SHAPES
         from .safe_unpickle import load_pickled_module
 
         module = load_pickled_module(path)
-        # Zoo networks (ours, or the reference's mapped onto ours) are CIFAR-10 models.
-        shape = ZOO_INPUT_SHAPE if isinstance(module, tuple(ARCHITECTURES.values())) else None
+        # Zoo networks (ours, or the reference's mapped onto ours) have a known input shape.
+        arch = next((name for name, cls in ARCHITECTURES.items() if type(module) is cls), None)
+        shape = INPUT_SHAPES[arch] if arch else None
         return LoadedModel(module, "pickle", shape, sha, path)
     except Exception as exc:
         raise ModelLoadError(f"cannot read {path} with torch.load: {_first_line(exc)} (corrupt or truncated?)") from None
@@ -161,11 +162,14 @@ def _load_torch_save(path: str, sha: str, arch: str | None, trust_pickle: bool) 
     if state_dict is None:
         raise ModelLoadError(f"{path} holds a {type(obj).__name__} without tensors; expected a state_dict")
     if arch is None:
-        raise ModelLoadError(f"{path} is a state_dict checkpoint: pass --arch (resnet18, resnet56 or vgg16) "
-                             "to say which network it belongs to")
-    from ..models import build_model
+        from ..models import ARCHITECTURES
 
-    return LoadedModel(build_model(arch, state_dict), "state_dict", ZOO_INPUT_SHAPE, sha, path)
+        raise ModelLoadError(f"{path} is a state_dict checkpoint: pass --arch ({', '.join(sorted(ARCHITECTURES))}) "
+                             "to say which network it belongs to")
+    from ..models import INPUT_SHAPES, build_model
+
+    model = build_model(arch, state_dict)
+    return LoadedModel(model, "state_dict", INPUT_SHAPES[arch.lower()], sha, path)
 
 
 def _find_state_dict(obj) -> Mapping[str, torch.Tensor] | None:

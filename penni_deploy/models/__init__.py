@@ -1,4 +1,4 @@
-"""The CIFAR networks of the PENNI paper, rebuilt without the reference code, and the PENNI conv layer.
+"""The networks of the PENNI paper (CIFAR and ImageNet), rebuilt without the reference code, and the PENNI conv layer.
 
 ``build_model("vgg16", state_dict)`` reads per-layer widths and ``d`` from a (shrunk) reference checkpoint,
 builds the matching network and loads the checkpoint strictly.
@@ -13,6 +13,7 @@ import torch
 from torch import nn
 
 from penni_deploy.errors import ModelLoadError
+from penni_deploy.models.imagenet import AlexNet, Bottleneck, ResNet50
 from penni_deploy.models.penni_conv import (
     DEFAULT_NUM_BASES,
     FORMS,
@@ -24,6 +25,7 @@ from penni_deploy.models.resnet_cifar import (
     BasicBlock,
     OptionAShortcut,
     ResNet18,
+    ResNet20,
     ResNet56,
 )
 from penni_deploy.models.vgg_cifar import VGG16
@@ -32,10 +34,15 @@ __all__ = [
     "ARCHITECTURES",
     "DEFAULT_NUM_BASES",
     "FORMS",
+    "INPUT_SHAPES",
+    "AlexNet",
     "BasicBlock",
+    "Bottleneck",
     "OptionAShortcut",
     "PenniConv2d",
     "ResNet18",
+    "ResNet20",
+    "ResNet50",
     "ResNet56",
     "VGG16",
     "build_model",
@@ -47,9 +54,22 @@ logger = logging.getLogger(__name__)
 # Name -> model class. Each class takes (widths=None, num_bases=5, penni=True, ...) and has a static
 # config_from_state_dict(state_dict, penni) returning the constructor arguments that fit a checkpoint.
 ARCHITECTURES: dict[str, type[nn.Module]] = {
+    "alexnet": AlexNet,
     "resnet18": ResNet18,
+    "resnet20": ResNet20,
+    "resnet50": ResNet50,
     "resnet56": ResNet56,
     "vgg16": VGG16,
+}
+
+# Name -> the natural input shape (batch 1) of each architecture: CIFAR-10 32×32, ImageNet 224×224.
+INPUT_SHAPES: dict[str, tuple[int, int, int, int]] = {
+    "alexnet": (1, 3, 224, 224),
+    "resnet18": (1, 3, 32, 32),
+    "resnet20": (1, 3, 32, 32),
+    "resnet50": (1, 3, 224, 224),
+    "resnet56": (1, 3, 32, 32),
+    "vgg16": (1, 3, 32, 32),
 }
 
 

@@ -1,4 +1,4 @@
-"""CIFAR ResNet18 (1×1 projection shortcuts) and ResNet56 (option-A zero-padding shortcuts).
+"""CIFAR ResNet18 (1×1 projection shortcuts), and ResNet20 and ResNet56 (option-A zero-padding shortcuts).
 
 Module paths follow the reference checkpoints: ``conv1``/``bn1`` stem, ``layerS.B`` basic blocks with
 ``conv1, bn1, conv2, bn2, shortcut``, and ``linear``. Every 3×3 conv is a :class:`PenniConv2d` when ``penni``
@@ -8,17 +8,20 @@ Widths after shrinking (what ``config_from_state_dict`` reads back):
 
 - ResNet18: every block's inner width (``conv1``/``bn1``) and output width may change freely. The output of a
   block with a projection shortcut is the width of ``shortcut.1``; a block without one keeps its input width.
-- ResNet56: every block's inner width may change. The residual stream has one width per stage (the stem's
-  for ``layer1``, read from ``bn1``; the ``bn2`` of every block in the stage), and an option-A block must
+- ResNet20/ResNet56: every block's inner width may change. The residual stream has one width per stage (the
+  stem's for ``layer1``, read from ``bn1``; the ``bn2`` of every block in the stage), and an option-A block must
   have ``out = in + 2 * (out // 4)`` as in the reference's padding (``out // 4`` zero channels per side).
   Other residual widths are refused with a ModelLoadError, since option A could not express them.
+
+ResNet20 and ResNet56 are one family (He et al. 2016, section 4.2): depth ``6n + 2`` with ``n`` blocks per
+stage. They differ only in ``n``, so both are :class:`OptionAResNet` with their own stage table.
 """
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Collection, Mapping
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -38,7 +41,18 @@ from penni_deploy.models.penni_conv import (
 logger = logging.getLogger(__name__)
 
 RESNET18_STAGES = ((64, 2, 1), (128, 2, 2), (256, 2, 2), (512, 2, 2))  # (width, blocks, first stride)
-RESNET56_STAGES = ((16, 9, 1), (32, 9, 2), (64, 9, 2))
+
+
+def option_a_stages(depth: int) -> tuple[tuple[int, int, int], ...]:
+    """Stage table ``(width, blocks, first stride)`` of the CIFAR option-A ResNet of ``depth = 6n + 2``."""
+    if depth < 8 or (depth - 2) % 6:
+        raise ValueError(f"a CIFAR option-A ResNet has depth 6n + 2 (20, 32, 44, 56, 110 ...), got {depth}")
+    n = (depth - 2) // 6
+    return ((16, n, 1), (32, n, 2), (64, n, 2))
+
+
+RESNET20_STAGES = option_a_stages(20)
+RESNET56_STAGES = option_a_stages(56)
 
 
 class OptionAShortcut(nn.Module):
@@ -230,8 +244,10 @@ class ResNet18(_CifarResNet):
         }
 
 
-class ResNet56(_CifarResNet):
-    """CIFAR ResNet56: widths 16/32/64, nine blocks per stage, option-A shortcuts, ``avg_pool2d(out, 8)``.
+class OptionAResNet(_CifarResNet):
+    """CIFAR ResNet of depth ``6n + 2``: widths 16/32/64, ``n`` blocks per stage, option-A shortcuts, pool 8.
+
+    Not built directly: a subclass sets :attr:`stages` (see :class:`ResNet20`, :class:`ResNet56`).
 
     Parameters
     ----------
@@ -248,6 +264,9 @@ class ResNet56(_CifarResNet):
         Paths of the convs that have a bias (none by default).
     """
 
+    #: ``(width, blocks, first stride)`` per stage, set by each subclass.
+    stages: ClassVar[tuple[tuple[int, int, int], ...]] = ()
+
     def __init__(
         self,
         widths: Mapping[str, int] | None = None,
@@ -257,8 +276,10 @@ class ResNet56(_CifarResNet):
         biased: Collection[str] = frozenset(),
     ) -> None:
         widths = dict(widths or {})
-        stem = widths.get("conv1", RESNET56_STAGES[0][0])
-        super().__init__(RESNET56_STAGES, stem, widths, num_bases, penni, num_classes, projection=False, biased=biased)
+        if not self.stages:
+            raise TypeError("OptionAResNet is abstract: build ResNet20 or ResNet56")
+        stem = widths.get("conv1", self.stages[0][0])
+        super().__init__(self.stages, stem, widths, num_bases, penni, num_classes, projection=False, biased=biased)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = F.relu(self.bn1(self.conv1(x)))
@@ -266,13 +287,13 @@ class ResNet56(_CifarResNet):
         out = F.avg_pool2d(out, 8)  # 64×8×8 -> 64×1×1 for 32×32 inputs
         return self.linear(out.flatten(1))
 
-    @staticmethod
-    def config_from_state_dict(state_dict: Mapping[str, torch.Tensor], penni: bool = True) -> dict[str, Any]:
+    @classmethod
+    def config_from_state_dict(cls, state_dict: Mapping[str, torch.Tensor], penni: bool = True) -> dict[str, Any]:
         """Constructor arguments that fit a (possibly shrunk) checkpoint; see the module docstring."""
         widths = {"conv1": width_of(state_dict, "bn1")}
         bases = {"conv1": conv_bases(state_dict, "conv1", penni)}
         stream = widths["conv1"]
-        for s, (_, blocks, first_stride) in enumerate(RESNET56_STAGES, start=1):
+        for s, (_, blocks, first_stride) in enumerate(cls.stages, start=1):
             # The stage's residual width: the stem's for an identity first block, else block 0's bn2.
             if first_stride != 1:
                 stream_out = width_of(state_dict, f"layer{s}.0.bn2")
@@ -280,7 +301,7 @@ class ResNet56(_CifarResNet):
                     raise ModelLoadError(
                         f"state_dict entry 'layer{s}.0.bn2.weight' has shape ({stream_out},), which an option-A "
                         f"shortcut from {stream} channels cannot produce (expected "
-                        f"({2 * stream},)); only block-inner widths may be shrunk in ResNet56"
+                        f"({2 * stream},)); only block-inner widths may be shrunk in {cls.__name__}"
                     )
                 stream = stream_out
             for b in range(blocks):
@@ -297,6 +318,18 @@ class ResNet56(_CifarResNet):
             "num_classes": _num_classes(state_dict),
             "biased": biased_convs(state_dict, paths),
         }
+
+
+class ResNet20(OptionAResNet):
+    """CIFAR ResNet20: three blocks per stage (0.27M parameters dense); arguments as :class:`OptionAResNet`."""
+
+    stages = RESNET20_STAGES
+
+
+class ResNet56(OptionAResNet):
+    """CIFAR ResNet56: nine blocks per stage (0.85M parameters dense); arguments as :class:`OptionAResNet`."""
+
+    stages = RESNET56_STAGES
 
 
 def _check_width(state_dict: Mapping[str, torch.Tensor], prefix: str, expected: int) -> None:

@@ -11,7 +11,12 @@ from typing import ClassVar
 import numpy as np
 import pytest
 
-from penni_deploy.data.cifar10 import CIFAR10_CLASSES, class_quotas, clear_cache, load_cifar10
+from penni_deploy.data.cifar10 import (
+    CIFAR10_CLASSES,
+    class_quotas,
+    clear_cache,
+    load_cifar10,
+)
 from penni_deploy.errors import PenniError
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))

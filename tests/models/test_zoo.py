@@ -7,6 +7,7 @@ from torch import nn
 from penni_deploy.errors import ModelLoadError
 from penni_deploy.models import (
     ARCHITECTURES,
+    INPUT_SHAPES,
     VGG16,
     OptionAShortcut,
     PenniConv2d,
@@ -16,10 +17,11 @@ from penni_deploy.models import (
     randomize_penni_weights_,
 )
 
-ARCHS = sorted(ARCHITECTURES)
+# ImageNet nets are tested in test_imagenet_models.py
+ARCHS = sorted(a for a in ARCHITECTURES if INPUT_SHAPES[a] == (1, 3, 32, 32))
 # (architecture, number of k×k convs)
-KXK_CONVS = {"resnet18": 17, "resnet56": 55, "vgg16": 13}
-DENSE_PARAMS = {"resnet18": 11_173_962, "resnet56": 853_018, "vgg16": 15_251_402}
+KXK_CONVS = {"resnet18": 17, "resnet20": 19, "resnet56": 55, "vgg16": 13}
+DENSE_PARAMS = {"resnet18": 11_173_962, "resnet20": 269_722, "resnet56": 853_018, "vgg16": 15_251_402}
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -211,8 +213,8 @@ def test_shrunk_resnet18_stream_and_inner_widths():
 
 
 def test_unknown_architecture_lists_the_known_ones():
-    with pytest.raises(ModelLoadError, match="resnet18, resnet56, vgg16"):
-        build_model("alexnet")
+    with pytest.raises(ModelLoadError, match="alexnet, resnet18, resnet20, resnet50, resnet56, vgg16"):
+        build_model("googlenet")
 
 
 def test_coefs_rows_mismatch_names_key_and_shapes():

@@ -1,0 +1,1 @@
+"""The PENNI method itself, independent of the compiler: decompose, train, prune, shrink, and count MACs."""

@@ -1,0 +1,203 @@
+"""``penni-deploy compress``: dense CNN → trained, pruned, shrunk PENNI model, stage by stage.
+
+Stages: baseline (train dense, or take ``baseline`` weights) → decompose (truncated SVD, d bases)
+→ retrain (alternating C / B, L1 on C) → prune (|c| < std of the layer's C) → fine-tune (pruned
+entries held at zero) → shrink (exact). Every stage writes its checkpoint into the work folder
+after each epoch, so ``resume=True`` continues from the last one written; each ends with a one-line
+summary (test accuracy, parameters, MACs, coefficient density, wall time), all collected in the
+JSON summary written beside the output.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+
+import torch
+from torch import nn
+from torch.utils.data import DataLoader
+
+from ..errors import PenniError
+from ..models import build_model
+from .counting import count_model, format_count
+from .decompose import decompose_model
+from .prune import prune_coefficients_
+from .shrink import shrink_model_
+from .train import TrainConfig, evaluate, make_optimizer, stderr_progress, train_epoch
+
+logger = logging.getLogger(__name__)
+
+STAGES = ("baseline", "decompose", "retrain", "prune", "finetune", "shrink")
+
+
+@dataclass(frozen=True)
+class CompressConfig:
+    """Hyper-parameters; defaults are the paper's (100 retrain and 30 fine-tune epochs)."""
+
+    arch: str
+    data: str
+    output: str
+    baseline: str | None = None  # dense state_dict to start from instead of training
+    baseline_epochs: int = 100
+    retrain_epochs: int = 100
+    finetune_epochs: int = 30
+    lr: float = 0.01
+    l1: float = 1e-4
+    interval: int = 5
+    num_bases: int = 5
+    batch_size: int = 128
+    subset: int | None = None
+    test_subset: int | None = None
+    seed: int = 0
+    resume: bool = False
+    work_dir: str | None = None
+
+    @property
+    def folder(self) -> str:
+        return self.work_dir or os.path.splitext(self.output)[0] + ".work"
+
+
+@dataclass
+class StageSummary:
+    stage: str
+    accuracy: float
+    params: int
+    effective_params: int
+    macs: int
+    coef_density: float | None
+    seconds: float
+    extra: dict = field(default_factory=dict)
+
+    def line(self) -> str:
+        density = "-" if self.coef_density is None else f"{self.coef_density:.1%}"
+        return (f"{self.stage:<9} acc {self.accuracy:.2%}  params {self.effective_params / 1e6:.3f}M "
+                f"(stored {self.params / 1e6:.3f}M)  MACs {self.macs / 1e6:.1f}M  coef density {density}  "
+                f"{self.seconds:.0f}s")
+
+
+def _loaders(config: CompressConfig):
+    from ..data import CifarDataset, load_cifar10
+
+    gen = torch.Generator().manual_seed(config.seed)
+    train = CifarDataset(load_cifar10(config.data, "train", config.subset), train=True, generator=gen)
+    test = CifarDataset(load_cifar10(config.data, "test", config.test_subset), train=False)
+    return (DataLoader(train, batch_size=config.batch_size, shuffle=True, generator=gen),
+            DataLoader(test, batch_size=256))
+
+
+def _checkpoint_path(config: CompressConfig, stage: str) -> str:
+    return os.path.join(config.folder, f"{stage}.pt")
+
+
+def _save(config: CompressConfig, stage: str, model: nn.Module, **state) -> None:
+    os.makedirs(config.folder, exist_ok=True)
+    path = _checkpoint_path(config, stage)
+    torch.save({"model": model.state_dict(), "penni": stage != "baseline", **state}, path + ".tmp")
+    os.replace(path + ".tmp", path)
+
+
+def _load(config: CompressConfig, stage: str) -> dict | None:
+    path = _checkpoint_path(config, stage)
+    if not (config.resume and os.path.exists(path)):
+        return None
+    return torch.load(path, map_location="cpu", weights_only=True)
+
+
+def _summary(stage: str, model: nn.Module, test_loader, start: float, **extra) -> StageSummary:
+    count = count_model(model, (1, 3, 32, 32))
+    summary = StageSummary(stage, evaluate(model, test_loader), count.params, count.effective_params, count.macs,
+                           count.coef_density, time.perf_counter() - start, extra)
+    stderr_progress(f"[{stage}] {summary.line()}  ({format_count(count)})")
+    return summary
+
+
+def _train_stage(config: CompressConfig, stage: str, model: nn.Module, train_loader, train_config: TrainConfig,
+                 masks=None, extra_state=None) -> nn.Module:
+    optimizer = make_optimizer(model, train_config)
+    first_epoch = 0
+    saved = _load(config, stage)
+    if saved is not None:
+        model.load_state_dict(saved["model"])
+        optimizer.load_state_dict(saved["optimizer"])
+        first_epoch = saved["epoch"] + 1
+        stderr_progress(f"[{stage}] resuming after epoch {first_epoch}")
+    for epoch in range(first_epoch, train_config.epochs):
+        train_epoch(model, train_loader, optimizer, train_config, epoch, masks, stderr_progress)
+        _save(config, stage, model, optimizer=optimizer.state_dict(), epoch=epoch, done=epoch + 1 == train_config.epochs,
+              **(extra_state or {}))
+    for p in model.parameters():
+        p.requires_grad_(True)
+    return model
+
+
+def compress(config: CompressConfig, progress: Callable[[str], None] = stderr_progress) -> list[StageSummary]:
+    """Run every stage; write the TorchScript model, the reference-layout state_dict and the summary."""
+    torch.manual_seed(config.seed)
+    train_loader, test_loader = _loaders(config)
+    summaries: list[StageSummary] = []
+
+    start = time.perf_counter()
+    dense = build_model(config.arch, penni=False)
+    if config.baseline:
+        dense.load_state_dict(torch.load(config.baseline, map_location="cpu", weights_only=True))
+    else:
+        _train_stage(config, "baseline", dense, train_loader, TrainConfig(config.baseline_epochs, lr=config.lr))
+    summaries.append(_summary("baseline", dense, test_loader, start))
+
+    start = time.perf_counter()
+    model = decompose_model(dense, config.num_bases)
+    summaries.append(_summary("decompose", model, test_loader, start))
+
+    start = time.perf_counter()
+    retrain = TrainConfig(config.retrain_epochs, lr=config.lr, l1=config.l1, alternate_every=config.interval)
+    _train_stage(config, "retrain", model, train_loader, retrain)
+    summaries.append(_summary("retrain", model, test_loader, start))
+
+    start = time.perf_counter()
+    masks = prune_coefficients_(model)
+    summaries.append(_summary("prune", model, test_loader, start))
+
+    start = time.perf_counter()
+    _train_stage(config, "finetune", model, train_loader, TrainConfig(config.finetune_epochs, lr=config.lr), masks=masks)
+    summaries.append(_summary("finetune", model, test_loader, start))
+
+    start = time.perf_counter()
+    stats = shrink_model_(model)
+    summaries.append(_summary("shrink", model, test_loader, start, bases_removed=stats.bases_removed,
+                              channels_removed=stats.channels_removed))
+    write_outputs(config, model, summaries)
+    return summaries
+
+
+def write_outputs(config: CompressConfig, model: nn.Module, summaries: list[StageSummary]) -> None:
+    """``output`` as TorchScript (or ``.pt2``) with the input shape recorded, plus state_dict and summary."""
+    from ..frontend.load_model import INPUT_SHAPE_EXTRA, ZOO_INPUT_SHAPE
+
+    model = model.eval()
+    example = torch.zeros(ZOO_INPUT_SHAPE)
+    stem = os.path.splitext(config.output)[0]
+    if config.output.endswith(".pt2"):
+        torch.export.save(torch.export.export(model, (example,)), config.output)
+    else:
+        traced = torch.jit.trace(model, example)
+        torch.jit.save(traced, config.output, _extra_files={INPUT_SHAPE_EXTRA: json.dumps(list(ZOO_INPUT_SHAPE))})
+    torch.save(model.state_dict(), stem + ".state_dict.pt")
+    with open(stem + ".summary.json", "w") as f:
+        json.dump({"arch": config.arch, "config": asdict(config), "stages": [asdict(s) for s in summaries]}, f, indent=2)
+
+
+def check_config(config: CompressConfig) -> None:
+    from ..models import ARCHITECTURES, INPUT_SHAPES
+
+    if config.arch not in ARCHITECTURES:
+        raise PenniError(f"unknown --arch {config.arch!r}; choose one of: {', '.join(sorted(ARCHITECTURES))}")
+    if INPUT_SHAPES[config.arch] != (1, 3, 32, 32):
+        raise PenniError(f"compress runs the CIFAR-10 networks (resnet18, resnet20, resnet56, vgg16); {config.arch} is "
+                         "an ImageNet network, whose training loop is not wired up yet")
+    if not os.path.exists(config.data):
+        raise PenniError(f"--data {config.data} does not exist: give a cifar-10-batches-py folder or a folder with "
+                         "train.tar.gz/test.tar.gz JPEG archives")

@@ -1,0 +1,43 @@
+"""A tiny end-to-end ``compress`` on a few hundred images of the CIFAR-10 JPEG copy; its output compiles."""
+
+import json
+import os
+
+import numpy as np
+import pytest
+import torch
+
+import penni_deploy
+from penni_deploy.cli import main
+
+DATA = os.path.join(os.path.dirname(__file__), "..", "..", "..", "shared", "data", "cifar10-jpeg")
+
+
+@pytest.mark.skipif(not os.path.isdir(DATA), reason="the CIFAR-10 JPEG copy is not beside the checkout")
+def test_compress_end_to_end_then_compile(tmp_path, capsys):
+    out = tmp_path / "resnet20-penni.pt"
+    argv = ["compress", "--arch", "resnet20", "--data", DATA, "-o", str(out), "--subset", "200", "--test-subset", "100",
+            "--baseline-epochs", "1", "--retrain-epochs", "2", "--finetune-epochs", "1", "--interval", "1",
+            "--batch-size", "50"]
+    assert main(argv) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert [line.split()[0] for line in lines] == ["baseline", "decompose", "retrain", "prune", "finetune", "shrink"]
+
+    summary = json.loads((tmp_path / "resnet20-penni.summary.json").read_text())
+    stages = {s["stage"]: s for s in summary["stages"]}
+    assert stages["prune"]["coef_density"] < stages["retrain"]["coef_density"]
+    assert stages["shrink"]["effective_params"] <= stages["finetune"]["effective_params"]
+    assert stages["shrink"]["accuracy"] == stages["finetune"]["accuracy"]  # shrink is exact
+
+    # Resuming finds every stage done and reproduces the result.
+    assert main(argv + ["--resume"]) == 0
+    capsys.readouterr()
+
+    artifact = tmp_path / "m.penni"
+    penni_deploy.compile_model(str(out), str(artifact))
+    x = np.random.default_rng(0).standard_normal((1, 3, 32, 32)).astype(np.float32)
+    with torch.inference_mode():
+        expected = torch.jit.load(str(out))(torch.from_numpy(x)).numpy()
+    np.testing.assert_allclose(penni_deploy.load(artifact)(x), expected, atol=1e-4 * np.abs(expected).max())
+    state = torch.load(tmp_path / "resnet20-penni.state_dict.pt", weights_only=True)
+    assert any(k.endswith(".coefs") for k in state)
