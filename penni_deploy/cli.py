@@ -228,6 +228,7 @@ def compress(
     output: Annotated[Path, typer.Option("-o", "--output", help="Model to write: TorchScript (.pt) or .pt2.")],
     baseline: Annotated[Optional[Path], typer.Option(help="Dense state_dict to start from (skips baseline training).")] = None,
     baseline_epochs: int = 100,
+    baseline_lr: Annotated[float, typer.Option(help="Learning rate of dense baseline training.")] = 0.1,
     retrain_epochs: int = 100,
     finetune_epochs: int = 30,
     lr: float = 0.01,
@@ -246,6 +247,7 @@ def compress(
 
     config = CompressConfig(arch=arch, data=str(data), output=str(output),
                             baseline=str(baseline) if baseline else None, baseline_epochs=baseline_epochs,
+                            baseline_lr=baseline_lr,
                             retrain_epochs=retrain_epochs, finetune_epochs=finetune_epochs, lr=lr, l1=l1,
                             interval=interval, num_bases=d, batch_size=batch_size, subset=subset,
                             test_subset=test_subset, seed=seed, resume=resume)

@@ -2,7 +2,7 @@
 
 Stages: baseline (train dense, or take ``baseline`` weights) → decompose (truncated SVD, d bases)
 → retrain (alternating C / B, L1 on C) → prune (|c| < std of the layer's C) → fine-tune (pruned
-entries held at zero) → shrink (exact). Every stage writes its checkpoint into the work folder
+entries held at zero) → shrink (exact). Runs on CUDA when present. Every stage writes its checkpoint into the work folder
 after each epoch, so ``resume=True`` continues from the last one written; each ends with a one-line
 summary (test accuracy, parameters, MACs, coefficient density, wall time), all collected in the
 JSON summary written beside the output.
@@ -10,6 +10,7 @@ JSON summary written beside the output.
 
 from __future__ import annotations
 
+import copy
 import json
 import logging
 import os
@@ -43,6 +44,7 @@ class CompressConfig:
     output: str
     baseline: str | None = None  # dense state_dict to start from instead of training
     baseline_epochs: int = 100
+    baseline_lr: float = 0.1  # dense training from scratch; the PENNI stages use ``lr``
     retrain_epochs: int = 100
     finetune_epochs: int = 30
     lr: float = 0.01
@@ -55,6 +57,13 @@ class CompressConfig:
     seed: int = 0
     resume: bool = False
     work_dir: str | None = None
+    device: str = "auto"  # cuda when present, else cpu
+
+    @property
+    def torch_device(self) -> str:
+        if self.device == "auto":
+            return "cuda" if torch.cuda.is_available() else "cpu"
+        return self.device
 
     @property
     def folder(self) -> str:
@@ -107,9 +116,9 @@ def _load(config: CompressConfig, stage: str) -> dict | None:
     return torch.load(path, map_location="cpu", weights_only=True)
 
 
-def _summary(stage: str, model: nn.Module, test_loader, start: float, **extra) -> StageSummary:
-    count = count_model(model, (1, 3, 32, 32))
-    summary = StageSummary(stage, evaluate(model, test_loader), count.params, count.effective_params, count.macs,
+def _summary(stage: str, model: nn.Module, test_loader, start: float, device: str, **extra) -> StageSummary:
+    count = count_model(copy.deepcopy(model).cpu(), (1, 3, 32, 32))
+    summary = StageSummary(stage, evaluate(model, test_loader, device), count.params, count.effective_params, count.macs,
                            count.coef_density, time.perf_counter() - start, extra)
     stderr_progress(f"[{stage}] {summary.line()}  ({format_count(count)})")
     return summary
@@ -122,11 +131,12 @@ def _train_stage(config: CompressConfig, stage: str, model: nn.Module, train_loa
     saved = _load(config, stage)
     if saved is not None:
         model.load_state_dict(saved["model"])
+        model.to(config.torch_device)
         optimizer.load_state_dict(saved["optimizer"])
         first_epoch = saved["epoch"] + 1
         stderr_progress(f"[{stage}] resuming after epoch {first_epoch}")
     for epoch in range(first_epoch, train_config.epochs):
-        train_epoch(model, train_loader, optimizer, train_config, epoch, masks, stderr_progress)
+        train_epoch(model, train_loader, optimizer, train_config, epoch, masks, stderr_progress, config.torch_device)
         _save(config, stage, model, optimizer=optimizer.state_dict(), epoch=epoch, done=epoch + 1 == train_config.epochs,
               **(extra_state or {}))
     for p in model.parameters():
@@ -137,39 +147,40 @@ def _train_stage(config: CompressConfig, stage: str, model: nn.Module, train_loa
 def compress(config: CompressConfig, progress: Callable[[str], None] = stderr_progress) -> list[StageSummary]:
     """Run every stage; write the TorchScript model, the reference-layout state_dict and the summary."""
     torch.manual_seed(config.seed)
+    device = config.torch_device
     train_loader, test_loader = _loaders(config)
     summaries: list[StageSummary] = []
 
     start = time.perf_counter()
-    dense = build_model(config.arch, penni=False)
+    dense = build_model(config.arch, penni=False).to(device)
     if config.baseline:
         dense.load_state_dict(torch.load(config.baseline, map_location="cpu", weights_only=True))
     else:
-        _train_stage(config, "baseline", dense, train_loader, TrainConfig(config.baseline_epochs, lr=config.lr))
-    summaries.append(_summary("baseline", dense, test_loader, start))
+        _train_stage(config, "baseline", dense, train_loader, TrainConfig(config.baseline_epochs, lr=config.baseline_lr))
+    summaries.append(_summary("baseline", dense, test_loader, start, device))
 
     start = time.perf_counter()
-    model = decompose_model(dense, config.num_bases)
-    summaries.append(_summary("decompose", model, test_loader, start))
+    model = decompose_model(dense, config.num_bases).to(device)
+    summaries.append(_summary("decompose", model, test_loader, start, device))
 
     start = time.perf_counter()
     retrain = TrainConfig(config.retrain_epochs, lr=config.lr, l1=config.l1, alternate_every=config.interval)
     _train_stage(config, "retrain", model, train_loader, retrain)
-    summaries.append(_summary("retrain", model, test_loader, start))
+    summaries.append(_summary("retrain", model, test_loader, start, device))
 
     start = time.perf_counter()
     masks = prune_coefficients_(model)
-    summaries.append(_summary("prune", model, test_loader, start))
+    summaries.append(_summary("prune", model, test_loader, start, device))
 
     start = time.perf_counter()
     _train_stage(config, "finetune", model, train_loader, TrainConfig(config.finetune_epochs, lr=config.lr), masks=masks)
-    summaries.append(_summary("finetune", model, test_loader, start))
+    summaries.append(_summary("finetune", model, test_loader, start, device))
 
     start = time.perf_counter()
     stats = shrink_model_(model)
-    summaries.append(_summary("shrink", model, test_loader, start, bases_removed=stats.bases_removed,
+    summaries.append(_summary("shrink", model, test_loader, start, device, bases_removed=stats.bases_removed,
                               channels_removed=stats.channels_removed))
-    write_outputs(config, model, summaries)
+    write_outputs(config, model.cpu(), summaries)
     return summaries
 
 

@@ -77,11 +77,12 @@ def make_optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.SGD:
 
 
 @torch.no_grad()
-def evaluate(model: nn.Module, batches: Iterable) -> float:
+def evaluate(model: nn.Module, batches: Iterable, device: str = "cpu") -> float:
     """Top-1 accuracy over ``batches`` of (images, labels)."""
     model.eval()
     correct = total = 0
     for images, labels in batches:
+        images, labels = images.to(device), labels.to(device)
         correct += int((model(images).argmax(dim=1) == labels).sum())
         total += len(labels)
     return correct / max(1, total)
@@ -89,7 +90,7 @@ def evaluate(model: nn.Module, batches: Iterable) -> float:
 
 def train_epoch(model: nn.Module, batches: Iterable, optimizer: torch.optim.Optimizer, config: TrainConfig,
                 epoch: int, masks: dict[str, torch.Tensor] | None = None,
-                progress: Callable[[str], None] | None = None) -> float:
+                progress: Callable[[str], None] | None = None, device: str = "cpu") -> float:
     """One epoch; returns the mean loss. ``masks`` hold pruned coefficients at zero."""
     model.train()
     _set_phase(model, config, epoch)
@@ -98,6 +99,7 @@ def train_epoch(model: nn.Module, batches: Iterable, optimizer: torch.optim.Opti
     total, count, start = 0.0, 0, time.perf_counter()
     batches = list(batches) if not hasattr(batches, "__len__") else batches
     for step, (images, labels) in enumerate(batches):
+        images, labels = images.to(device, non_blocking=True), labels.to(device, non_blocking=True)
         optimizer.zero_grad(set_to_none=True)
         loss = F.cross_entropy(model(images), labels)
         if config.l1 > 0:

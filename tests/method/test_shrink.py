@@ -8,7 +8,7 @@ import torch
 from model_helpers import random_penni_model
 
 from penni_deploy.method.shrink import shrink_model_
-from penni_deploy.models import PenniConv2d, build_model
+from penni_deploy.models import PenniConv2d, build_model, randomize_penni_weights_
 
 
 def structured_sparsity_(model, seed=0):
@@ -28,10 +28,14 @@ def structured_sparsity_(model, seed=0):
     return model
 
 
-@pytest.mark.parametrize("arch", ["vgg16", "resnet56", "resnet18"])
+SIZES = {"vgg16": 32, "resnet56": 32, "resnet18": 32, "resnet50": 64}
+
+
+@pytest.mark.parametrize("arch", SIZES)
 def test_shrink_is_exact_and_removes_things(arch):
-    model = structured_sparsity_(random_penni_model(arch, 0.5, seed=1))
-    x = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    size = SIZES[arch]
+    model = structured_sparsity_(randomize_penni_weights_(build_model(arch), 0.5, seed=1, input_shape=(2, 3, size, size)))
+    x = torch.randn(2, 3, size, size, generator=torch.Generator().manual_seed(0))
     with torch.inference_mode():
         before = model(x)
     params_before = sum(p.numel() for p in model.parameters())
