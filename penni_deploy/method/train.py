@@ -108,7 +108,7 @@ def train_epoch(model: nn.Module, batches: Iterable, optimizer: torch.optim.Opti
         optimizer.step()
         if masks:
             apply_masks_(model, masks)  # momentum and weight decay would revive pruned entries
-        total += float(loss) * len(labels)
+        total += float(loss.detach()) * len(labels)
         count += len(labels)
         if progress is not None and (step + 1) % max(1, len(batches) // 10) == 0:
             progress(f"epoch {epoch + 1}/{config.epochs} [{'#' * ((step + 1) * 20 // len(batches)):<20}] "
