@@ -240,8 +240,14 @@ def compress(
     test_subset: Annotated[Optional[int], typer.Option(help="Evaluate on N test images.")] = None,
     seed: int = 0,
     resume: Annotated[bool, typer.Option("--resume", help="Continue from the work folder's checkpoints.")] = False,
+    augment: Annotated[bool, typer.Option(help="Random crop + flip while training (the paper's).")] = True,
+    device: Annotated[str, typer.Option(help="auto (CUDA when present), cpu or cuda.")] = "auto",
+    float64: Annotated[bool, typer.Option("--float64", help="Train in double precision (exact comparisons).")] = False,
 ) -> None:
-    """Train, decompose, retrain, prune, fine-tune and shrink a network with the PENNI method."""
+    """Train, decompose, retrain, prune, fine-tune and shrink a network with the PENNI method.
+
+    Data-parallel: torchrun --nproc_per_node N -m penni_deploy.cli compress ... (gloo on CPUs, NCCL on GPUs).
+    """
     from .method.compress import CompressConfig, check_config
     from .method.compress import compress as run_compress
 
@@ -250,10 +256,13 @@ def compress(
                             baseline_lr=baseline_lr,
                             retrain_epochs=retrain_epochs, finetune_epochs=finetune_epochs, lr=lr, l1=l1,
                             interval=interval, num_bases=d, batch_size=batch_size, subset=subset,
-                            test_subset=test_subset, seed=seed, resume=resume)
+                            test_subset=test_subset, seed=seed, resume=resume, augment=augment, device=device,
+                            float64=float64)
     check_config(config)
-    for summary in run_compress(config):
-        typer.echo(summary.line())
+    summaries = run_compress(config)
+    if int(os.environ.get("RANK", "0")) == 0:
+        for summary in summaries:
+            typer.echo(summary.line())
 
 
 def main(argv: Optional[list[str]] = None) -> int:
@@ -273,13 +282,10 @@ def main(argv: Optional[list[str]] = None) -> int:
     except typer.Abort:
         print("aborted", file=sys.stderr)
         return 130
-    except Exception as exc:  # click usage errors
-        import click
-
-        if isinstance(exc, click.ClickException):
+    except typer.TyperException as exc:  # usage errors: missing or malformed options
+        if hasattr(exc, "show"):
             exc.show()
-            return exc.exit_code
-        raise
+        return getattr(exc, "exit_code", 2)
     return 0
 
 

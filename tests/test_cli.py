@@ -144,3 +144,8 @@ def test_cross_build_for_named_cpu(mcpu, isa, tiny_pt2, tmp_path, capsys):
     assert main(["inspect", str(out), "--json"]) == 0
     target = json.loads(capsys.readouterr().out)["target"]
     assert (target["mcpu"], target["isa"], target["mtriple"]) == (mcpu, isa, "x86_64-linux-gnu")
+
+
+def test_usage_error_exits_nonzero(capsys):
+    assert main(["compile"]) == 2  # missing MODEL
+    assert "Missing argument" in capsys.readouterr().err

@@ -5,7 +5,8 @@ Stages: baseline (train dense, or take ``baseline`` weights) → decompose (trun
 entries held at zero) → shrink (exact). Runs on CUDA when present. Every stage writes its checkpoint into the work folder
 after each epoch, so ``resume=True`` continues from the last one written; each ends with a one-line
 summary (test accuracy, parameters, MACs, coefficient density, wall time), all collected in the
-JSON summary written beside the output.
+JSON summary written beside the output. Under ``torchrun`` it trains data-parallel (see
+``distributed.py``); checkpoints and outputs are written once, by rank 0.
 """
 
 from __future__ import annotations
@@ -20,12 +21,18 @@ from dataclasses import asdict, dataclass, field
 
 import torch
 from torch import nn
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, DistributedSampler
 
 from ..errors import PenniError
 from ..models import build_model
 from .counting import count_model, format_count
 from .decompose import decompose_model
+from .distributed import (
+    DistContext,
+    init_from_env,
+    use_global_batchnorm_,
+    wrap_for_training,
+)
 from .prune import prune_coefficients_
 from .shrink import shrink_model_
 from .train import TrainConfig, evaluate, make_optimizer, stderr_progress, train_epoch
@@ -58,6 +65,8 @@ class CompressConfig:
     resume: bool = False
     work_dir: str | None = None
     device: str = "auto"  # cuda when present, else cpu
+    augment: bool = True  # the paper's crop + flip; off only to compare runs exactly
+    float64: bool = False  # train in double precision: for exact comparisons (e.g. 1 vs N processes)
 
     @property
     def torch_device(self) -> str:
@@ -88,13 +97,17 @@ class StageSummary:
                 f"{self.seconds:.0f}s")
 
 
-def _loaders(config: CompressConfig):
+def _loaders(config: CompressConfig, ctx: DistContext):
     from ..data import CifarDataset, load_cifar10
 
-    gen = torch.Generator().manual_seed(config.seed)
-    train = CifarDataset(load_cifar10(config.data, "train", config.subset), train=True, generator=gen)
+    if config.batch_size % ctx.world_size:
+        raise PenniError(f"--batch-size {config.batch_size} must divide evenly over {ctx.world_size} processes")
+    gen = torch.Generator().manual_seed(config.seed + ctx.rank)
+    train = CifarDataset(load_cifar10(config.data, "train", config.subset), train=config.augment, generator=gen)
     test = CifarDataset(load_cifar10(config.data, "test", config.test_subset), train=False)
-    return (DataLoader(train, batch_size=config.batch_size, shuffle=True, generator=gen),
+    # One shared permutation per epoch; each process reads its interleaved share (see distributed.py).
+    sampler = DistributedSampler(train, num_replicas=ctx.world_size, rank=ctx.rank, shuffle=True, seed=config.seed)
+    return (DataLoader(train, batch_size=config.batch_size // ctx.world_size, sampler=sampler),
             DataLoader(test, batch_size=256))
 
 
@@ -102,11 +115,15 @@ def _checkpoint_path(config: CompressConfig, stage: str) -> str:
     return os.path.join(config.folder, f"{stage}.pt")
 
 
-def _save(config: CompressConfig, stage: str, model: nn.Module, **state) -> None:
+def _save(config: CompressConfig, ctx: DistContext, stage: str, model: nn.Module, **state) -> None:
+    if not ctx.is_main:
+        ctx.barrier()
+        return
     os.makedirs(config.folder, exist_ok=True)
     path = _checkpoint_path(config, stage)
     torch.save({"model": model.state_dict(), "penni": stage != "baseline", **state}, path + ".tmp")
     os.replace(path + ".tmp", path)
+    ctx.barrier()
 
 
 def _load(config: CompressConfig, stage: str) -> dict | None:
@@ -116,16 +133,18 @@ def _load(config: CompressConfig, stage: str) -> dict | None:
     return torch.load(path, map_location="cpu", weights_only=True)
 
 
-def _summary(stage: str, model: nn.Module, test_loader, start: float, device: str, **extra) -> StageSummary:
-    count = count_model(copy.deepcopy(model).cpu(), (1, 3, 32, 32))
+def _summary(stage: str, model: nn.Module, test_loader, start: float, device: str, ctx: DistContext,
+             **extra) -> StageSummary:
+    count = count_model(copy.deepcopy(model).cpu().float(), (1, 3, 32, 32))
     summary = StageSummary(stage, evaluate(model, test_loader, device), count.params, count.effective_params, count.macs,
                            count.coef_density, time.perf_counter() - start, extra)
-    stderr_progress(f"[{stage}] {summary.line()}  ({format_count(count)})")
+    if ctx.is_main:
+        stderr_progress(f"[{stage}] {summary.line()}  ({format_count(count)})")
     return summary
 
 
-def _train_stage(config: CompressConfig, stage: str, model: nn.Module, train_loader, train_config: TrainConfig,
-                 masks=None, extra_state=None) -> nn.Module:
+def _train_stage(config: CompressConfig, ctx: DistContext, stage: str, model: nn.Module, train_loader,
+                 train_config: TrainConfig, masks=None) -> nn.Module:
     optimizer = make_optimizer(model, train_config)
     first_epoch = 0
     saved = _load(config, stage)
@@ -134,11 +153,15 @@ def _train_stage(config: CompressConfig, stage: str, model: nn.Module, train_loa
         model.to(config.torch_device)
         optimizer.load_state_dict(saved["optimizer"])
         first_epoch = saved["epoch"] + 1
-        stderr_progress(f"[{stage}] resuming after epoch {first_epoch}")
+        if ctx.is_main:
+            stderr_progress(f"[{stage}] resuming after epoch {first_epoch}")
+    trained = wrap_for_training(model, ctx, config.torch_device)
     for epoch in range(first_epoch, train_config.epochs):
-        train_epoch(model, train_loader, optimizer, train_config, epoch, masks, stderr_progress, config.torch_device)
-        _save(config, stage, model, optimizer=optimizer.state_dict(), epoch=epoch, done=epoch + 1 == train_config.epochs,
-              **(extra_state or {}))
+        train_loader.sampler.set_epoch(epoch)
+        train_epoch(trained, train_loader, optimizer, train_config, epoch, masks,
+                    stderr_progress if ctx.is_main else None, config.torch_device)
+        _save(config, ctx, stage, model, optimizer=optimizer.state_dict(), epoch=epoch,
+              done=epoch + 1 == train_config.epochs)
     for p in model.parameters():
         p.requires_grad_(True)
     return model
@@ -147,40 +170,56 @@ def _train_stage(config: CompressConfig, stage: str, model: nn.Module, train_loa
 def compress(config: CompressConfig, progress: Callable[[str], None] = stderr_progress) -> list[StageSummary]:
     """Run every stage; write the TorchScript model, the reference-layout state_dict and the summary."""
     torch.manual_seed(config.seed)
+    previous_dtype = torch.get_default_dtype()
+    if config.float64:
+        torch.set_default_dtype(torch.float64)
+    try:
+        return _run_stages(config)
+    finally:
+        torch.set_default_dtype(previous_dtype)
+
+
+def _run_stages(config: CompressConfig) -> list[StageSummary]:
     device = config.torch_device
-    train_loader, test_loader = _loaders(config)
+    ctx = init_from_env(device)
+    train_loader, test_loader = _loaders(config, ctx)
     summaries: list[StageSummary] = []
 
     start = time.perf_counter()
     dense = build_model(config.arch, penni=False).to(device)
+    if ctx.distributed:
+        use_global_batchnorm_(dense)
     if config.baseline:
         dense.load_state_dict(torch.load(config.baseline, map_location="cpu", weights_only=True))
     else:
-        _train_stage(config, "baseline", dense, train_loader, TrainConfig(config.baseline_epochs, lr=config.baseline_lr))
-    summaries.append(_summary("baseline", dense, test_loader, start, device))
+        _train_stage(config, ctx, "baseline", dense, train_loader, TrainConfig(config.baseline_epochs, lr=config.baseline_lr))
+    summaries.append(_summary("baseline", dense, test_loader, start, device, ctx))
 
     start = time.perf_counter()
     model = decompose_model(dense, config.num_bases).to(device)
-    summaries.append(_summary("decompose", model, test_loader, start, device))
+    summaries.append(_summary("decompose", model, test_loader, start, device, ctx))
 
     start = time.perf_counter()
     retrain = TrainConfig(config.retrain_epochs, lr=config.lr, l1=config.l1, alternate_every=config.interval)
-    _train_stage(config, "retrain", model, train_loader, retrain)
-    summaries.append(_summary("retrain", model, test_loader, start, device))
+    _train_stage(config, ctx, "retrain", model, train_loader, retrain)
+    summaries.append(_summary("retrain", model, test_loader, start, device, ctx))
 
     start = time.perf_counter()
     masks = prune_coefficients_(model)
-    summaries.append(_summary("prune", model, test_loader, start, device))
+    summaries.append(_summary("prune", model, test_loader, start, device, ctx))
 
     start = time.perf_counter()
-    _train_stage(config, "finetune", model, train_loader, TrainConfig(config.finetune_epochs, lr=config.lr), masks=masks)
-    summaries.append(_summary("finetune", model, test_loader, start, device))
+    _train_stage(config, ctx, "finetune", model, train_loader, TrainConfig(config.finetune_epochs, lr=config.lr),
+                 masks=masks)
+    summaries.append(_summary("finetune", model, test_loader, start, device, ctx))
 
     start = time.perf_counter()
     stats = shrink_model_(model)
-    summaries.append(_summary("shrink", model, test_loader, start, device, bases_removed=stats.bases_removed,
+    summaries.append(_summary("shrink", model, test_loader, start, device, ctx, bases_removed=stats.bases_removed,
                               channels_removed=stats.channels_removed))
-    write_outputs(config, model.cpu(), summaries)
+    if ctx.is_main:
+        write_outputs(config, model.cpu().float(), summaries)
+    ctx.barrier()
     return summaries
 
 
@@ -189,7 +228,7 @@ def write_outputs(config: CompressConfig, model: nn.Module, summaries: list[Stag
     from ..frontend.load_model import INPUT_SHAPE_EXTRA, ZOO_INPUT_SHAPE
 
     model = model.eval()
-    example = torch.zeros(ZOO_INPUT_SHAPE)
+    example = torch.zeros(ZOO_INPUT_SHAPE, dtype=torch.float32)
     stem = os.path.splitext(config.output)[0]
     if config.output.endswith(".pt2"):
         torch.export.save(torch.export.export(model, (example,)), config.output)

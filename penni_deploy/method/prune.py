@@ -26,6 +26,7 @@ def prune_coefficients_(model: nn.Module, threshold_std: float = 1.0) -> dict[st
 @torch.no_grad()
 def apply_masks_(model: nn.Module, masks: dict[str, torch.Tensor]) -> None:
     """Re-zero the pruned coefficients (after an optimizer step moved them)."""
+    model = getattr(model, "module", model)  # names are those of the unwrapped model, not of a DDP wrapper
     params = dict(model.named_parameters())
     for name, keep in masks.items():
         params[name].mul_(keep)

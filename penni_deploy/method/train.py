@@ -81,8 +81,9 @@ def evaluate(model: nn.Module, batches: Iterable, device: str = "cpu") -> float:
     """Top-1 accuracy over ``batches`` of (images, labels)."""
     model.eval()
     correct = total = 0
+    dtype = next(model.parameters()).dtype
     for images, labels in batches:
-        images, labels = images.to(device), labels.to(device)
+        images, labels = images.to(device, dtype), labels.to(device)
         correct += int((model(images).argmax(dim=1) == labels).sum())
         total += len(labels)
     return correct / max(1, total)
@@ -98,8 +99,9 @@ def train_epoch(model: nn.Module, batches: Iterable, optimizer: torch.optim.Opti
         group["lr"] = learning_rate(config, epoch)
     total, count, start = 0.0, 0, time.perf_counter()
     batches = list(batches) if not hasattr(batches, "__len__") else batches
+    dtype = next(model.parameters()).dtype
     for step, (images, labels) in enumerate(batches):
-        images, labels = images.to(device, non_blocking=True), labels.to(device, non_blocking=True)
+        images, labels = images.to(device, dtype, non_blocking=True), labels.to(device, non_blocking=True)
         optimizer.zero_grad(set_to_none=True)
         loss = F.cross_entropy(model(images), labels)
         if config.l1 > 0:
