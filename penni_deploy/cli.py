@@ -223,8 +223,10 @@ def example(
 
 @app.command()
 def compress(
-    arch: Annotated[str, typer.Option(help="Network: resnet18, resnet20, resnet56, vgg16 (CIFAR-10).")],
-    data: Annotated[Path, typer.Option(help="cifar-10-batches-py folder, or a folder with train.tar.gz/test.tar.gz.")],
+    arch: Annotated[str, typer.Option(help="Network: resnet18, resnet20, resnet56, vgg16 (CIFAR-10); alexnet, "
+                                            "resnet50 (ImageNet folders).")],
+    data: Annotated[Path, typer.Option(help="cifar-10-batches-py folder, a folder with train.tar.gz/test.tar.gz, or "
+                                            "(ImageNet) a folder with train/ and val/ class folders.")],
     output: Annotated[Path, typer.Option("-o", "--output", help="Model to write: TorchScript (.pt) or .pt2.")],
     baseline: Annotated[Optional[Path], typer.Option(help="Dense state_dict to start from (skips baseline training).")] = None,
     baseline_epochs: int = 100,

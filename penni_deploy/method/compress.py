@@ -24,7 +24,6 @@ from torch import nn
 from torch.utils.data import DataLoader, DistributedSampler
 
 from ..errors import PenniError
-from ..models import build_model
 from .counting import count_model, format_count
 from .decompose import decompose_model
 from .distributed import (
@@ -97,18 +96,40 @@ class StageSummary:
                 f"{self.seconds:.0f}s")
 
 
-def _loaders(config: CompressConfig, ctx: DistContext):
+def _input_shape(config: CompressConfig) -> tuple[int, ...]:
+    from ..models import INPUT_SHAPES
+
+    return INPUT_SHAPES[config.arch]
+
+
+def _is_imagenet(config: CompressConfig) -> bool:
+    return _input_shape(config) != (1, 3, 32, 32)
+
+
+def _datasets(config: CompressConfig, gen: torch.Generator):
+    """(train, test) datasets: CIFAR-10 for the CIFAR networks, ``DATA/train`` and ``DATA/val``
+    ImageFolder trees for the ImageNet ones."""
+    if _is_imagenet(config):
+        from ..data import ImageFolderDataset
+
+        return (ImageFolderDataset(os.path.join(config.data, "train"), train=config.augment, subset=config.subset,
+                                   generator=gen),
+                ImageFolderDataset(os.path.join(config.data, "val"), train=False, subset=config.test_subset))
     from ..data import CifarDataset, load_cifar10
 
+    return (CifarDataset(load_cifar10(config.data, "train", config.subset), train=config.augment, generator=gen),
+            CifarDataset(load_cifar10(config.data, "test", config.test_subset), train=False))
+
+
+def _loaders(config: CompressConfig, ctx: DistContext):
     if config.batch_size % ctx.world_size:
         raise PenniError(f"--batch-size {config.batch_size} must divide evenly over {ctx.world_size} processes")
     gen = torch.Generator().manual_seed(config.seed + ctx.rank)
-    train = CifarDataset(load_cifar10(config.data, "train", config.subset), train=config.augment, generator=gen)
-    test = CifarDataset(load_cifar10(config.data, "test", config.test_subset), train=False)
+    train, test = _datasets(config, gen)
     # One shared permutation per epoch; each process reads its interleaved share (see distributed.py).
     sampler = DistributedSampler(train, num_replicas=ctx.world_size, rank=ctx.rank, shuffle=True, seed=config.seed)
     return (DataLoader(train, batch_size=config.batch_size // ctx.world_size, sampler=sampler),
-            DataLoader(test, batch_size=256))
+            DataLoader(test, batch_size=256), len(getattr(train, "classes", None) or range(10)))
 
 
 def _checkpoint_path(config: CompressConfig, stage: str) -> str:
@@ -134,8 +155,8 @@ def _load(config: CompressConfig, stage: str) -> dict | None:
 
 
 def _summary(stage: str, model: nn.Module, test_loader, start: float, device: str, ctx: DistContext,
-             **extra) -> StageSummary:
-    count = count_model(copy.deepcopy(model).cpu().float(), (1, 3, 32, 32))
+             input_shape: tuple[int, ...], **extra) -> StageSummary:
+    count = count_model(copy.deepcopy(model).cpu().float(), input_shape)
     summary = StageSummary(stage, evaluate(model, test_loader, device), count.params, count.effective_params, count.macs,
                            count.coef_density, time.perf_counter() - start, extra)
     if ctx.is_main:
@@ -182,40 +203,43 @@ def compress(config: CompressConfig, progress: Callable[[str], None] = stderr_pr
 def _run_stages(config: CompressConfig) -> list[StageSummary]:
     device = config.torch_device
     ctx = init_from_env(device)
-    train_loader, test_loader = _loaders(config, ctx)
+    train_loader, test_loader, num_classes = _loaders(config, ctx)
+    shape = _input_shape(config)
     summaries: list[StageSummary] = []
 
     start = time.perf_counter()
-    dense = build_model(config.arch, penni=False).to(device)
+    from ..models import ARCHITECTURES
+
+    dense = ARCHITECTURES[config.arch](penni=False, num_classes=num_classes).eval().to(device)
     if ctx.distributed:
         use_global_batchnorm_(dense)
     if config.baseline:
         dense.load_state_dict(torch.load(config.baseline, map_location="cpu", weights_only=True))
     else:
         _train_stage(config, ctx, "baseline", dense, train_loader, TrainConfig(config.baseline_epochs, lr=config.baseline_lr))
-    summaries.append(_summary("baseline", dense, test_loader, start, device, ctx))
+    summaries.append(_summary("baseline", dense, test_loader, start, device, ctx, shape))
 
     start = time.perf_counter()
     model = decompose_model(dense, config.num_bases).to(device)
-    summaries.append(_summary("decompose", model, test_loader, start, device, ctx))
+    summaries.append(_summary("decompose", model, test_loader, start, device, ctx, shape))
 
     start = time.perf_counter()
     retrain = TrainConfig(config.retrain_epochs, lr=config.lr, l1=config.l1, alternate_every=config.interval)
     _train_stage(config, ctx, "retrain", model, train_loader, retrain)
-    summaries.append(_summary("retrain", model, test_loader, start, device, ctx))
+    summaries.append(_summary("retrain", model, test_loader, start, device, ctx, shape))
 
     start = time.perf_counter()
     masks = prune_coefficients_(model)
-    summaries.append(_summary("prune", model, test_loader, start, device, ctx))
+    summaries.append(_summary("prune", model, test_loader, start, device, ctx, shape))
 
     start = time.perf_counter()
     _train_stage(config, ctx, "finetune", model, train_loader, TrainConfig(config.finetune_epochs, lr=config.lr),
                  masks=masks)
-    summaries.append(_summary("finetune", model, test_loader, start, device, ctx))
+    summaries.append(_summary("finetune", model, test_loader, start, device, ctx, shape))
 
     start = time.perf_counter()
     stats = shrink_model_(model)
-    summaries.append(_summary("shrink", model, test_loader, start, device, ctx, bases_removed=stats.bases_removed,
+    summaries.append(_summary("shrink", model, test_loader, start, device, ctx, shape, bases_removed=stats.bases_removed,
                               channels_removed=stats.channels_removed))
     if ctx.is_main:
         write_outputs(config, model.cpu().float(), summaries)
@@ -225,16 +249,17 @@ def _run_stages(config: CompressConfig) -> list[StageSummary]:
 
 def write_outputs(config: CompressConfig, model: nn.Module, summaries: list[StageSummary]) -> None:
     """``output`` as TorchScript (or ``.pt2``) with the input shape recorded, plus state_dict and summary."""
-    from ..frontend.load_model import INPUT_SHAPE_EXTRA, ZOO_INPUT_SHAPE
+    from ..frontend.load_model import INPUT_SHAPE_EXTRA
 
     model = model.eval()
-    example = torch.zeros(ZOO_INPUT_SHAPE, dtype=torch.float32)
+    shape = _input_shape(config)
+    example = torch.zeros(shape, dtype=torch.float32)
     stem = os.path.splitext(config.output)[0]
     if config.output.endswith(".pt2"):
         torch.export.save(torch.export.export(model, (example,)), config.output)
     else:
         traced = torch.jit.trace(model, example)
-        torch.jit.save(traced, config.output, _extra_files={INPUT_SHAPE_EXTRA: json.dumps(list(ZOO_INPUT_SHAPE))})
+        torch.jit.save(traced, config.output, _extra_files={INPUT_SHAPE_EXTRA: json.dumps(list(shape))})
     torch.save(model.state_dict(), stem + ".state_dict.pt")
     with open(stem + ".summary.json", "w") as f:
         json.dump({"arch": config.arch, "config": asdict(config), "stages": [asdict(s) for s in summaries]}, f, indent=2)
@@ -246,8 +271,10 @@ def check_config(config: CompressConfig) -> None:
     if config.arch not in ARCHITECTURES:
         raise PenniError(f"unknown --arch {config.arch!r}; choose one of: {', '.join(sorted(ARCHITECTURES))}")
     if INPUT_SHAPES[config.arch] != (1, 3, 32, 32):
-        raise PenniError(f"compress runs the CIFAR-10 networks (resnet18, resnet20, resnet56, vgg16); {config.arch} is "
-                         "an ImageNet network, whose training loop is not wired up yet")
+        for split in ("train", "val"):
+            if not os.path.isdir(os.path.join(config.data, split)):
+                raise PenniError(f"{config.arch} trains on ImageNet-style folders: --data must hold {split}/<class>/"
+                                 f"*.jpg (missing {os.path.join(config.data, split)})")
     if not os.path.exists(config.data):
         raise PenniError(f"--data {config.data} does not exist: give a cifar-10-batches-py folder or a folder with "
                          "train.tar.gz/test.tar.gz JPEG archives")

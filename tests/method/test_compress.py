@@ -41,3 +41,31 @@ def test_compress_end_to_end_then_compile(tmp_path, capsys):
     np.testing.assert_allclose(penni_deploy.load(artifact)(x), expected, atol=1e-4 * np.abs(expected).max())
     state = torch.load(tmp_path / "resnet20-penni.state_dict.pt", weights_only=True)
     assert any(k.endswith(".coefs") for k in state)
+
+
+def test_compress_imagenet_network_on_an_image_folder(tmp_path, capsys):
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    for split in ("train", "val"):
+        for cls in ("cat", "dog"):
+            folder = tmp_path / "imagenet" / split / cls
+            folder.mkdir(parents=True)
+            for i in range(2):
+                Image.fromarray(rng.integers(0, 255, (40, 30, 3), dtype=np.uint8)).save(folder / f"{i}.png")
+    out = tmp_path / "alexnet-penni.pt"
+    argv = ["compress", "--arch", "alexnet", "--data", str(tmp_path / "imagenet"), "-o", str(out),
+            "--baseline-epochs", "1", "--retrain-epochs", "1", "--finetune-epochs", "1", "--batch-size", "4",
+            "--lr", "0.001", "--baseline-lr", "0.001"]
+    assert main(argv) == 0
+    assert capsys.readouterr().out.count("\n") == 6
+    model = torch.jit.load(str(out))
+    assert model(torch.zeros(1, 3, 224, 224)).shape == (1, 2)  # two classes in the folder
+    summary = json.loads((tmp_path / "alexnet-penni.summary.json").read_text())
+    assert summary["stages"][-1]["macs"] < summary["stages"][0]["macs"]
+
+
+def test_compress_refuses_a_folder_without_val(tmp_path, capsys):
+    (tmp_path / "train" / "a").mkdir(parents=True)
+    assert main(["compress", "--arch", "resnet50", "--data", str(tmp_path), "-o", str(tmp_path / "m.pt")]) != 0
+    assert "val" in capsys.readouterr().err
