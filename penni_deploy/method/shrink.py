@@ -11,8 +11,12 @@ Two kinds of removal, repeated until nothing changes:
   a nonzero constant is *kept*: the consumer sees that constant inside the image but zeros in its
   padded border, so folding it into a bias would not be exact.
 
-Residual-stream channels (read and written by several blocks) are kept; shrinking them needs a
-union over every block that touches the stream and is not done yet.
+- **Residual-stream channels** (ResNet18, ResNet50): a stream segment runs from one projection
+  shortcut (or the stem) to the next; every block in it adds into the same channels. A channel goes
+  when *no* reader of the segment uses it — each block's first conv, the next projection shortcut,
+  or the final Linear — so removing it from every writer (each block's last conv and BN, the
+  projection, the stem) changes nothing downstream. ResNet56/ResNet20 keep their streams: their
+  option-A shortcuts fix each channel's position by zero padding.
 """
 
 from __future__ import annotations
@@ -47,6 +51,10 @@ def shrink_model_(model: nn.Module) -> ShrinkStats:
                 changed |= removed > 0
         for parent, producer, bn, consumer in _channel_pairs(model):
             removed = _drop_unused_channels(parent, producer, bn, consumer)
+            stats.channels_removed += removed
+            changed |= removed > 0
+        for writers, readers in list(residual_segments(model)):
+            removed = _drop_unread_stream_channels(writers, readers)
             stats.channels_removed += removed
             changed |= removed > 0
     logger.info("shrink: removed %d bases and %d channels", stats.bases_removed, stats.channels_removed)
@@ -88,7 +96,50 @@ def _reads(consumer: nn.Module) -> torch.Tensor:
     """Which input channels the consumer's weights touch at all, shape (Cin,)."""
     if isinstance(consumer, PenniConv2d):
         return (_coefs3(consumer) != 0).any(dim=2).any(dim=0)
+    if isinstance(consumer, nn.Linear):  # after global pooling: input feature j is channel j
+        return (consumer.weight.detach() != 0).any(dim=0)
     return (consumer.weight.detach() != 0).flatten(2).any(dim=2).any(dim=0)
+
+
+def residual_segments(model: nn.Module):
+    """``(writers, readers)`` of each residual-stream segment of a ResNet18 or ResNet50.
+
+    ``writers`` are ``(parent, conv name, bn name)`` whose outputs are summed into the stream;
+    ``readers`` are ``(parent, name)`` of the convs (or the final Linear) that read it.
+    """
+    from ..models.imagenet import ResNet50
+    from ..models.resnet_cifar import ResNet18
+
+    if not isinstance(model, (ResNet18, ResNet50)):
+        return
+    writers, readers = [(model, "conv1", "bn1")], []
+    for stage in (model.layer1, model.layer2, model.layer3, model.layer4):
+        for block in stage:
+            projection = getattr(block, "downsample", None) or getattr(block, "shortcut", None)
+            readers.append((block, "conv1"))
+            if projection is not None and len(projection) == 2:  # conv + BN: the stream changes here
+                readers.append((projection, "0"))
+                yield writers, readers
+                writers, readers = [(projection, "0", "1")], []
+            last = ("conv3", "bn3") if hasattr(block, "conv3") else ("conv2", "bn2")
+            writers.append((block, *last))
+    readers.append((model, "fc" if isinstance(model, ResNet50) else "linear"))
+    yield writers, readers
+
+
+@torch.no_grad()
+def _drop_unread_stream_channels(writers, readers) -> int:
+    keep = torch.zeros(getattr(writers[0][0], writers[0][1]).out_channels, dtype=torch.bool)
+    for parent, name in readers:
+        keep |= _reads(getattr(parent, name))
+    if keep.all() or not keep.any():
+        return 0
+    for parent, conv_name, bn_name in writers:
+        setattr(parent, conv_name, _slice_outputs(getattr(parent, conv_name), keep))
+        setattr(parent, bn_name, _slice_bn(getattr(parent, bn_name), keep))
+    for parent, name in readers:
+        setattr(parent, name, _slice_inputs(getattr(parent, name), keep))
+    return int((~keep).sum())
 
 
 def _zero_rows(producer: nn.Module) -> torch.Tensor:
@@ -146,6 +197,12 @@ def _slice_outputs(layer: nn.Module, keep: torch.Tensor) -> nn.Module:
 
 
 def _slice_inputs(layer: nn.Module, keep: torch.Tensor) -> nn.Module:
+    if isinstance(layer, nn.Linear):
+        new = nn.Linear(int(keep.sum()), layer.out_features, bias=layer.bias is not None)
+        new.weight.copy_(layer.weight[:, keep])
+        if layer.bias is not None:
+            new.bias.copy_(layer.bias)
+        return new
     if isinstance(layer, PenniConv2d):
         coefs = _coefs3(layer)[:, keep]
         new = PenniConv2d(int(keep.sum()), layer.out_channels, layer.kernel_size, layer.stride, layer.padding,

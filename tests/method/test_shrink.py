@@ -7,8 +7,23 @@ import pytest
 import torch
 from model_helpers import random_penni_model
 
-from penni_deploy.method.shrink import shrink_model_
+from penni_deploy.method.shrink import residual_segments, shrink_model_
 from penni_deploy.models import PenniConv2d, build_model, randomize_penni_weights_
+
+
+def unread_stream_channels_(model, channels=(1, 4)):
+    """Make a few residual-stream channels unread by every reader of their segment."""
+    with torch.no_grad():
+        for _, readers in residual_segments(model):
+            for parent, name in readers:
+                layer = getattr(parent, name)
+                if isinstance(layer, PenniConv2d):
+                    layer.coefs.view(layer.out_channels, layer.in_channels, -1)[:, list(channels)] = 0
+                elif isinstance(layer, torch.nn.Linear):
+                    layer.weight[:, list(channels)] = 0
+                else:
+                    layer.weight[:, list(channels)] = 0
+    return model
 
 
 def structured_sparsity_(model, seed=0):
@@ -35,6 +50,8 @@ SIZES = {"vgg16": 32, "resnet56": 32, "resnet18": 32, "resnet50": 64}
 def test_shrink_is_exact_and_removes_things(arch):
     size = SIZES[arch]
     model = structured_sparsity_(randomize_penni_weights_(build_model(arch), 0.5, seed=1, input_shape=(2, 3, size, size)))
+    unread_stream_channels_(model)
+    stream_widths = [getattr(w[0][0], w[0][1]).out_channels for w, _ in residual_segments(model)]
     x = torch.randn(2, 3, size, size, generator=torch.Generator().manual_seed(0))
     with torch.inference_mode():
         before = model(x)
@@ -44,6 +61,9 @@ def test_shrink_is_exact_and_removes_things(arch):
     with torch.inference_mode():
         after = shrunk(x)
     assert stats.bases_removed > 0 and stats.channels_removed > 0
+    if stream_widths:  # ResNet18 / ResNet50: every residual stream lost the two unread channels
+        assert [getattr(w[0][0], w[0][1]).out_channels for w, _ in residual_segments(shrunk)] == \
+            [width - 2 for width in stream_widths]
     assert sum(p.numel() for p in shrunk.parameters()) < params_before
     scale = before.abs().max()
     assert (after - before).abs().max() <= 1e-5 * scale
