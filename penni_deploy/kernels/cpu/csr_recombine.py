@@ -13,7 +13,8 @@ from tvm.script.ir_builder import IRBuilder
 from tvm.script.ir_builder import tirx as T
 
 from ..epilogue import Epilogue, apply_epilogue
-from ..tir_helpers import F32, I32, KERNEL_ATTRS, pick_block, static_blocks
+from ..signatures import csr_recombine_args
+from ..tir_helpers import F32, KERNEL_ATTRS, pick_block, static_blocks
 
 
 def csr_recombine_kernel(batch: int, n_maps: int, pixels: int, out_channels: int, nnz: int,
@@ -41,13 +42,8 @@ def csr_recombine_kernel(batch: int, n_maps: int, pixels: int, out_channels: int
         with T.prim_func():
             T.func_name("penni_csr_recombine")
             T.func_attr(KERNEL_ATTRS)
-            M = T.arg("M", T.Buffer((batch, n_maps, pixels), F32))
-            indptr = T.arg("indptr", T.Buffer((out_channels + 1,), I32))
-            indices = T.arg("indices", T.Buffer((nnz,), I32))
-            data = T.arg("data", T.Buffer((nnz,), F32))
-            bias = T.arg("bias", T.Buffer((out_channels,), F32)) if epilogue.bias else None
-            residual = T.arg("residual", T.Buffer((batch, out_channels, pixels), F32)) if epilogue.residual else None
-            Y = T.arg("Y", T.Buffer((batch, out_channels, pixels), F32))
+            M, indptr, indices, data, bias, residual, Y = csr_recombine_args(
+                batch, n_maps, pixels, out_channels, nnz, epilogue)
 
             with T.parallel(0, batch * out_channels) as task:
                 n = task // out_channels

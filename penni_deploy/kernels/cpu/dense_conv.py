@@ -14,6 +14,7 @@ from tvm.script.ir_builder import tirx as T
 
 from ..epilogue import Epilogue, apply_epilogue
 from ..geometry import ConvGeometry
+from ..signatures import epilogue_args
 from ..tir_helpers import F32, KERNEL_ATTRS, largest_divisor_at_most, pick_block
 
 
@@ -59,9 +60,7 @@ def dense_conv_kernel(geom: ConvGeometry, out_channels: int, epilogue: Epilogue,
             T.func_attr(KERNEL_ATTRS)
             X = T.arg("X", T.Buffer((g.batch, g.in_channels, g.height, g.width), F32))
             W = T.arg("W", T.Buffer((out_channels, depth), F32))
-            bias = T.arg("bias", T.Buffer((out_channels,), F32)) if epilogue.bias else None
-            residual = T.arg("residual", T.Buffer((g.batch, out_channels, pixels), F32)) if epilogue.residual else None
-            Y = T.arg("Y", T.Buffer((g.batch, out_channels, pixels), F32))
+            bias, residual, Y = epilogue_args(epilogue, g.batch, out_channels, pixels)
 
             if needs_im2col(g):
                 cols = T.alloc_buffer((g.batch, depth, pixels), F32)

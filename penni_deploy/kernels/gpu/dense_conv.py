@@ -13,6 +13,7 @@ from tvm.script.ir_builder import tirx as T
 
 from ..epilogue import Epilogue, apply_epilogue
 from ..geometry import ConvGeometry
+from ..signatures import epilogue_args
 from ..tir_helpers import F32, KERNEL_ATTRS
 from .launch import TileGrid, tile_indices
 
@@ -30,9 +31,7 @@ def dense_conv_gpu_kernel(geom: ConvGeometry, out_channels: int, epilogue: Epilo
             T.func_attr(KERNEL_ATTRS)
             X = T.arg("X", T.Buffer((g.batch, g.in_channels, g.height, g.width), F32))
             W = T.arg("W", T.Buffer((out_channels, g.in_channels * taps), F32))
-            bias = T.arg("bias", T.Buffer((out_channels,), F32)) if epilogue.bias else None
-            residual = T.arg("residual", T.Buffer((g.batch, out_channels, ho * wo), F32)) if epilogue.residual else None
-            Y = T.arg("Y", T.Buffer((g.batch, out_channels, ho * wo), F32))
+            bias, residual, Y = epilogue_args(epilogue, g.batch, out_channels, ho * wo)
             with tile_indices(grid, on_gpu) as (n, o, p):
                 y, x = p // wo, p % wo
                 acc = T.alloc_buffer((1,), F32, scope="local")
