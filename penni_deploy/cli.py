@@ -173,6 +173,7 @@ def bench(
     repeat: Annotated[int, typer.Option(help="Timed runs per engine (median and p90 reported).")] = 100,
     device: Annotated[str, typer.Option(help="cpu, or cuda (needs a GPU; compile with --target cuda).")] = "cpu",
     json_out: Annotated[Optional[Path], typer.Option("--json", help="Also write the report as JSON.")] = None,
+    plot: Annotated[Optional[Path], typer.Option(help="Also draw the latencies as a PNG (needs matplotlib).")] = None,
 ) -> None:
     """Compile MODEL and measure it against PyTorch eager (dense and two-stage) and plain TVM."""
     from .bench import BenchOptions, format_bench_table, run_bench
@@ -187,6 +188,10 @@ def bench(
     typer.echo(format_bench_table(report))
     if json_out:
         json_out.write_text(json.dumps(report, indent=2))
+    if plot:
+        from .bench.plot import plot_bench
+
+        typer.echo(f"wrote {plot_bench(report, str(plot))}", err=True)
 
 
 @app.command()

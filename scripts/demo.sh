@@ -14,4 +14,4 @@ $PD run out/resnet20.penni --input out/x.npy --output out/y.npy
 $PD bench examples/resnet20-penni.pt --target x86 --batch 1 --repeat 50 --json out/bench-resnet20.json
 # 2. ResNet18 with 97%-sparse coefficients (random weights): rebuilt from a state_dict so the bench
 #    can also time PyTorch on the dense and two-stage forms.
-$PD bench out/resnet18-random97.state_dict.pt --arch resnet18 --target x86 --batch 1,8 --repeat 50 --json out/bench.json
+$PD bench out/resnet18-random97.state_dict.pt --arch resnet18 --target x86 --batch 1,8 --repeat 50 --json out/bench.json --plot out/bench.png

@@ -4,6 +4,7 @@ import torch
 from model_helpers import random_penni_model
 
 from penni_deploy.bench import BenchOptions, format_bench_table, run_bench
+from penni_deploy.bench.plot import plot_bench
 
 
 def test_bench_reports_every_engine(tmp_path):
@@ -21,3 +22,5 @@ def test_bench_reports_every_engine(tmp_path):
     assert report["conv_macs_compiled"] < report["conv_macs_dense"] / 5
     table = format_bench_table(report)
     assert "penni-deploy" in table and "speedup" in table
+    png = plot_bench(report, str(tmp_path / "bench.png"))
+    assert open(png, "rb").read(8) == b"\x89PNG\r\n\x1a\n"
