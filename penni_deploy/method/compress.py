@@ -26,6 +26,7 @@ from torch.utils.data import DataLoader, DistributedSampler
 from ..errors import PenniError
 from .counting import count_model, format_count
 from .decompose import decompose_model
+from .plot import plot_stages
 from .distributed import (
     DistContext,
     init_from_env,
@@ -263,6 +264,7 @@ def write_outputs(config: CompressConfig, model: nn.Module, summaries: list[Stag
     torch.save(model.state_dict(), stem + ".state_dict.pt")
     with open(stem + ".summary.json", "w") as f:
         json.dump({"arch": config.arch, "config": asdict(config), "stages": [asdict(s) for s in summaries]}, f, indent=2)
+    plot_stages(summaries, stem + ".summary.png")
 
 
 def check_config(config: CompressConfig) -> None:

@@ -28,6 +28,7 @@ def test_compress_end_to_end_then_compile(tmp_path, capsys):
     assert stages["prune"]["coef_density"] < stages["retrain"]["coef_density"]
     assert stages["shrink"]["effective_params"] <= stages["finetune"]["effective_params"]
     assert stages["shrink"]["accuracy"] == stages["finetune"]["accuracy"]  # shrink is exact
+    assert (tmp_path / "resnet20-penni.summary.png").read_bytes()[:4] == b"\x89PNG"
 
     # Resuming finds every stage done and reproduces the result.
     assert main(argv + ["--resume"]) == 0
