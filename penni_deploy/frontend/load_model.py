@@ -127,15 +127,17 @@ def _load_pt2(path: str, sha: str) -> LoadedModel:
         program = torch.export.load(path)
     except Exception as exc:
         raise ModelLoadError(f"cannot load torch.export archive {path}: {_first_line(exc)}") from None
-    shapes = [tuple(spec_val.shape) for spec_val in _user_input_values(program)]
+    shapes = user_input_shapes(program)
     if len(shapes) != 1:
         raise ModelLoadError(f"{path} takes {len(shapes)} inputs; penni-deploy compiles single-input CNNs")
     return LoadedModel(program, "pt2", shapes[0], sha, path)
 
 
-def _user_input_values(program: torch.export.ExportedProgram):
+def user_input_shapes(program: torch.export.ExportedProgram) -> list[tuple[int, ...]]:
+    """Shapes of the inputs ``program`` was exported for (its weights excluded)."""
     user_inputs = {spec.arg.name for spec in program.graph_signature.input_specs if spec.kind.name == "USER_INPUT"}
-    return [node.meta["val"] for node in program.graph.nodes if node.op == "placeholder" and node.name in user_inputs]
+    return [tuple(node.meta["val"].shape) for node in program.graph.nodes
+            if node.op == "placeholder" and node.name in user_inputs]
 
 
 def _load_torch_save(path: str, sha: str, arch: str | None, trust_pickle: bool) -> LoadedModel:

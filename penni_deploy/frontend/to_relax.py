@@ -15,7 +15,7 @@ import torch
 import tvm
 
 from ..errors import InputSpecError, UnsupportedModelError
-from .load_model import LoadedModel
+from .load_model import LoadedModel, user_input_shapes
 
 logger = logging.getLogger(__name__)
 
@@ -41,7 +41,7 @@ def export_program(loaded: LoadedModel, input_shape: tuple[int, ...]) -> torch.e
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             if isinstance(model, torch.export.ExportedProgram):
-                program = model if _recorded_shape(model) == tuple(input_shape) else \
+                program = model if user_input_shapes(model) == [tuple(input_shape)] else \
                     torch.export.export(model.module(), (example,))
             elif isinstance(model, torch.jit.ScriptModule):
                 program = _export_torchscript(model, example)
@@ -85,12 +85,6 @@ def _export_torchscript(module: torch.jit.ScriptModule, example: torch.Tensor) -
     # export then records the aten ops the TorchScript interpreter dispatches, weights as constants.
     frozen = torch.jit.freeze(module.eval()) if hasattr(module, "training") else module
     return torch.export.export(_ScriptWrapper(frozen), (example,), strict=False)
-
-
-def _recorded_shape(program: torch.export.ExportedProgram) -> tuple[int, ...] | None:
-    user_inputs = {s.arg.name for s in program.graph_signature.input_specs if s.kind.name == "USER_INPUT"}
-    shapes = [tuple(n.meta["val"].shape) for n in program.graph.nodes if n.op == "placeholder" and n.name in user_inputs]
-    return shapes[0] if len(shapes) == 1 else None
 
 
 def _check_float32(program: torch.export.ExportedProgram) -> None:

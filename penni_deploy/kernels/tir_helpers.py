@@ -9,7 +9,10 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+from tvm import tirx
 from tvm.script.ir_builder import tirx as T
+
+from .geometry import ConvGeometry
 
 F32 = "float32"
 I32 = "int32"
@@ -47,3 +50,11 @@ def largest_divisor_at_most(n: int, limit: int) -> int:
         if n % cand == 0:
             return cand
     return 1
+
+
+def padded_tap(X, g: ConvGeometry, n, channel, y, x, ky: int, kx: int):
+    """``X[n, channel]`` at the input position tap (ky, kx) of output (y, x) reads, 0 in the padding."""
+    sy = y * g.stride[0] + ky * g.dilation[0] - g.padding[0]
+    sx = x * g.stride[1] + kx * g.dilation[1] - g.padding[1]
+    inside = tirx.all(sy >= 0, sy < g.height, sx >= 0, sx < g.width)
+    return tirx.if_then_else(inside, X[n, channel, sy, sx], T.float32(0))

@@ -26,13 +26,13 @@ from torch.utils.data import DataLoader, DistributedSampler
 from ..errors import PenniError
 from .counting import count_model, format_count
 from .decompose import decompose_model
-from .plot import plot_stages
 from .distributed import (
     DistContext,
     init_from_env,
     use_global_batchnorm_,
     wrap_for_training,
 )
+from .plot import plot_stages
 from .prune import prune_coefficients_
 from .shrink import shrink_model_
 from .train import TrainConfig, evaluate, make_optimizer, stderr_progress, train_epoch

@@ -9,7 +9,7 @@ these, so the report describes exactly what was compiled.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 import scipy.sparse
@@ -102,7 +102,6 @@ class PenniLayerPlan:
     channels: np.ndarray  # distinct channels read, and map_ptr into the maps (see group_maps_by_channel)
     map_ptr: np.ndarray
     coefs: scipy.sparse.csr_matrix  # (Cout, n_maps)
-    shared_basis: bool = field(default=True)
 
     @property
     def n_maps(self) -> int:
@@ -117,10 +116,8 @@ def plan_penni_layer(chain: ConvChain) -> PenniLayerPlan:
     coefs = chain.weight  # (Cout, Cin·d), column i·d + r
     used = np.flatnonzero(np.any(coefs != 0, axis=0))  # ascending, so grouped by channel
     kernels = chain.basis_weight.reshape(cin * d, g.kernel_h, g.kernel_w)
-    per_channel = kernels.reshape(cin, d, -1)
-    shared = bool(np.all(per_channel == per_channel[:1]))
     map_channels = (used // d).astype(np.int32)
     channels, map_ptr = group_maps_by_channel(map_channels)
     csr = scipy.sparse.csr_matrix(coefs[:, used].astype(np.float32))
     csr.sort_indices()
-    return PenniLayerPlan(chain, d, map_channels, np.ascontiguousarray(kernels[used]), channels, map_ptr, csr, shared)
+    return PenniLayerPlan(chain, d, map_channels, np.ascontiguousarray(kernels[used]), channels, map_ptr, csr)

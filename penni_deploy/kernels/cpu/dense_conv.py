@@ -15,7 +15,13 @@ from tvm.script.ir_builder import tirx as T
 from ..epilogue import Epilogue, apply_epilogue
 from ..geometry import ConvGeometry
 from ..signatures import epilogue_args
-from ..tir_helpers import F32, KERNEL_ATTRS, largest_divisor_at_most, pick_block
+from ..tir_helpers import (
+    F32,
+    KERNEL_ATTRS,
+    largest_divisor_at_most,
+    padded_tap,
+    pick_block,
+)
 
 
 def needs_im2col(geom: ConvGeometry) -> bool:
@@ -51,8 +57,6 @@ def dense_conv_kernel(geom: ConvGeometry, out_channels: int, epilogue: Epilogue,
     depth = g.in_channels * g.kernel_h * g.kernel_w
     ob = largest_divisor_at_most(out_channels, channel_block)
     block = pick_block(pixels, 2 * lanes)
-    (sh, sw), (dh, dw) = g.stride, g.dilation
-    top, left = g.padding[0], g.padding[1]
 
     with IRBuilder() as ib:
         with T.prim_func():
@@ -72,11 +76,7 @@ def dense_conv_kernel(geom: ConvGeometry, out_channels: int, epilogue: Epilogue,
                     kx = k % g.kernel_w
                     with T.serial(0, ho) as y:
                         with T.vectorized(0, wo) as x:
-                            sy = y * sh + ky * dh - top
-                            sx = x * sw + kx * dw - left
-                            inside = tirx.all(sy >= 0, sy < g.height, sx >= 0, sx < g.width)
-                            T.buffer_store(cols, tirx.if_then_else(inside, X[n, ic, sy, sx], T.float32(0)),
-                                           [n, k, y * wo + x])
+                            T.buffer_store(cols, padded_tap(X, g, n, ic, y, x, ky, kx), [n, k, y * wo + x])
 
                 def source(n, k, p):
                     return cols[n, k, p]

@@ -12,7 +12,7 @@ from tvm.script.ir_builder import IRBuilder
 from tvm.script.ir_builder import tirx as T
 
 from ..geometry import ConvGeometry
-from ..tir_helpers import F32, I32, KERNEL_ATTRS
+from ..tir_helpers import F32, I32, KERNEL_ATTRS, padded_tap
 from .launch import TileGrid, tile_indices
 
 
@@ -48,10 +48,7 @@ def basis_conv_gpu_kernel(geom: ConvGeometry, n_maps: int, *, on_gpu: bool = Tru
                 acc = None
                 for ky in range(g.kernel_h):
                     for kx in range(g.kernel_w):
-                        sy = y * g.stride[0] + ky * g.dilation[0] - g.padding[0]
-                        sx = x * g.stride[1] + kx * g.dilation[1] - g.padding[1]
-                        inside = tirx.all(sy >= 0, sy < g.height, sx >= 0, sx < g.width)
-                        value = tirx.if_then_else(inside, X[n, i, sy, sx], T.float32(0))
+                        value = padded_tap(X, g, n, i, y, x, ky, kx)
                         term = value * weights[m, ky, kx]
                         acc = term if acc is None else acc + term
                 T.buffer_store(M, acc, [n, m, p])

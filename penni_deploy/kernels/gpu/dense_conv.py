@@ -14,7 +14,7 @@ from tvm.script.ir_builder import tirx as T
 from ..epilogue import Epilogue, apply_epilogue
 from ..geometry import ConvGeometry
 from ..signatures import epilogue_args
-from ..tir_helpers import F32, KERNEL_ATTRS
+from ..tir_helpers import F32, KERNEL_ATTRS, padded_tap
 from .launch import TileGrid, tile_indices
 
 
@@ -39,10 +39,7 @@ def dense_conv_gpu_kernel(geom: ConvGeometry, out_channels: int, epilogue: Epilo
                 with T.serial(0, g.in_channels) as ic:
                     for ky in range(g.kernel_h):
                         for kx in range(g.kernel_w):
-                            sy = y * g.stride[0] + ky * g.dilation[0] - g.padding[0]
-                            sx = x * g.stride[1] + kx * g.dilation[1] - g.padding[1]
-                            inside = tirx.all(sy >= 0, sy < g.height, sx >= 0, sx < g.width)
-                            value = tirx.if_then_else(inside, X[n, ic, sy, sx], T.float32(0))
+                            value = padded_tap(X, g, n, ic, y, x, ky, kx)
                             T.buffer_store(acc, acc[0] + value * W[o, ic * taps + ky * g.kernel_w + kx], [0])
                 T.buffer_store(Y, apply_epilogue(epilogue, acc[0], bias, residual, n, o, p), [n, o, p])
     return ib.get()
