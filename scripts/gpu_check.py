@@ -7,6 +7,11 @@ wheel (``apache-tvm==0.27.0.post1``, ``apache-tvm-ffi==0.1.14.post1``), from the
     PYTHONPATH=. python3 scripts/gpu_check.py                 # all models, batch 1 and 64
     PYTHONPATH=. python3 scripts/gpu_check.py --json out.json
 
+A GPU machine may lack the TVM compiler (its wheel is 100 MB): build the artifacts on any machine
+with ``--build-to DIR --arch sm_90``, then run ``--artifacts DIR`` where only the TVM runtime is
+installed. The artifacts carry the reference output of a fixed input, so the check also proves the
+GPU machine rebuilt the same random-weight model.
+
 For every model it compiles an artifact for the present GPU's architecture, checks it against
 PyTorch on the GPU (max abs error / output scale), then times at each batch size, same inputs:
 PyTorch CUDA eager on the dense network (C·B multiplied back into nn.Conv2d) and on the two-stage
@@ -31,7 +36,6 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from penni_deploy.compiler import CompileOptions, compile_loaded  # noqa: E402
 from penni_deploy.frontend.load_model import ZOO_INPUT_SHAPE, LoadedModel  # noqa: E402
 from penni_deploy.models.dense_copy import to_dense_model, to_two_stage_model  # noqa: E402
 from penni_deploy.models.examples import EXAMPLES, make_example  # noqa: E402
@@ -77,7 +81,25 @@ def torch_runner(module: torch.nn.Module, x: torch.Tensor, cuda_graph: bool):
     return graph.replay
 
 
-def check_model(name: str, batches: list[int], arch: str, warmup: int, repeat: int, folder: str) -> list[dict]:
+def build_model(name: str, batches: list[int], arch: str, folder: str) -> None:
+    """Compile ``name`` for ``arch`` at each batch size into ``folder``, with a reference output."""
+    from penni_deploy.compiler import CompileOptions, compile_loaded
+
+    model = make_example(name)
+    for batch in batches:
+        shape = (batch,) + tuple(ZOO_INPUT_SHAPE[1:])
+        artifact = os.path.join(folder, f"{name}-b{batch}.penni")
+        start = time.perf_counter()
+        manifest = compile_loaded(LoadedModel(model, "module", shape, ""), artifact, input_shape=shape,
+                                  options=CompileOptions(target="cuda", gpu_arch=arch))
+        x = torch.from_numpy(np.random.default_rng(batch).standard_normal(shape).astype(np.float32))
+        with torch.inference_mode():
+            np.save(artifact + ".expected.npy", model(x).numpy())
+        print(f"[{name} batch {batch}] compiled for {arch} in {time.perf_counter() - start:.1f}s "
+              f"({manifest.library['gpu_code']})", flush=True)
+
+
+def check_model(name: str, batches: list[int], warmup: int, repeat: int, folder: str) -> list[dict]:
     from penni_deploy.artifact.runtime import load
 
     model = make_example(name)
@@ -85,19 +107,18 @@ def check_model(name: str, batches: list[int], arch: str, warmup: int, repeat: i
     for batch in batches:
         shape = (batch,) + tuple(ZOO_INPUT_SHAPE[1:])
         artifact = os.path.join(folder, f"{name}-b{batch}.penni")
-        start = time.perf_counter()
-        manifest = compile_loaded(LoadedModel(model, "module", shape, ""), artifact, input_shape=shape,
-                                  options=CompileOptions(target="cuda", gpu_arch=arch))
-        print(f"[{name} batch {batch}] compiled for {arch} in {time.perf_counter() - start:.1f}s "
-              f"({manifest.library['gpu_code']})", flush=True)
-        if gpu_arch() is None:
-            continue
-        x = torch.randn(shape, device="cuda")
+        x_host = np.random.default_rng(batch).standard_normal(shape).astype(np.float32)
+        x = torch.from_numpy(x_host).cuda()
         compiled = load(artifact, "cuda")
         with torch.inference_mode():
             expected = model.cuda()(x).cpu().numpy()
-        got = compiled(x.cpu().numpy())
-        error = float(np.abs(got - expected).max() / max(np.abs(expected).max(), 1e-12))
+        scale = max(np.abs(expected).max(), 1e-12)
+        same_model = float(np.abs(np.load(artifact + ".expected.npy") - expected).max() / scale)
+        got = compiled(x_host)
+        error = float(np.abs(got - expected).max() / scale)
+        vs_cpu = float(np.abs(got - np.load(artifact + ".expected.npy")).max() / scale)
+        print(f"[{name} batch {batch}] parity vs torch CUDA {error:.1e}, vs torch CPU {vs_cpu:.1e} "
+              f"(torch CUDA vs CPU: {same_model:.1e})", flush=True)
         engines = {
             "torch-dense": lambda g: torch_runner(to_dense_model(model.cpu()), x, g),
             "torch-two-stage": lambda g: torch_runner(to_two_stage_model(model.cpu()), x, g),
@@ -106,7 +127,7 @@ def check_model(name: str, batches: list[int], arch: str, warmup: int, repeat: i
             for graphs in (False, True):
                 rows.append({"model": name, "batch": batch, "engine": engine + ("+graph" if graphs else ""),
                              **timed(make(graphs), warmup, repeat)})
-        rows.append({"model": name, "batch": batch, "engine": "penni-deploy", "parity": error,
+        rows.append({"model": name, "batch": batch, "engine": "penni-deploy", "parity": max(error, same_model),
                      **timed(compiled.benchmark_callable(), warmup, repeat)})
     return rows
 
@@ -130,21 +151,38 @@ def main() -> int:
     parser.add_argument("--repeat", type=int, default=200)
     parser.add_argument("--json", help="write the rows here too")
     parser.add_argument("--allow-no-gpu", action="store_true", help="without a GPU, compile only and succeed")
+    parser.add_argument("--build-to", help="only compile the artifacts into this folder (needs --arch or a GPU)")
+    parser.add_argument("--artifacts", help="use artifacts built with --build-to instead of compiling here")
     args = parser.parse_args()
+    models = args.models.split(",")
+    batches = [int(b) for b in args.batches.split(",")]
 
     present = gpu_arch()
     arch = args.arch or present
+    if args.build_to:
+        os.makedirs(args.build_to, exist_ok=True)
+        for name in models:
+            build_model(name, batches, arch or "sm_80", args.build_to)
+        return 0
     if present is None:
         print("no CUDA GPU visible to PyTorch: compiling only, no parity check or timing", flush=True)
-        arch = arch or "sm_80"
-    else:
-        print(f"GPU: {torch.cuda.get_device_name(0)} ({present}), torch {torch.__version__}", flush=True)
+        with tempfile.TemporaryDirectory(prefix="penni-gpu-check-") as folder:
+            for name in models:
+                build_model(name, batches, arch or "sm_80", folder)
+        return 0 if args.allow_no_gpu else 1
+    # fp32 against fp32: PyTorch would otherwise run convs in TF32 on Ampere and newer (~1e-3 error).
+    torch.backends.cudnn.allow_tf32 = False
+    torch.backends.cuda.matmul.allow_tf32 = False
+    print(f"GPU: {torch.cuda.get_device_name(0)} ({present}), torch {torch.__version__}, TF32 off", flush=True)
     rows = []
     with tempfile.TemporaryDirectory(prefix="penni-gpu-check-") as folder:
-        for name in args.models.split(","):
-            rows += check_model(name, [int(b) for b in args.batches.split(",")], arch, args.warmup, args.repeat, folder)
-    if present is None:
-        return 0 if args.allow_no_gpu else 1
+        if args.artifacts:
+            folder = args.artifacts
+        else:
+            for name in models:
+                build_model(name, batches, arch, folder)
+        for name in models:
+            rows += check_model(name, batches, args.warmup, args.repeat, folder)
     print_table(rows)
     if args.json:
         with open(args.json, "w") as f:

@@ -66,11 +66,36 @@ def _check_runtime(manifest: Manifest, device: str | None) -> str:
     return want
 
 
+def _load_cuda_runtime() -> None:
+    """Load TVM's CUDA runtime sidecar when ``import tvm`` did not.
+
+    The full wheel loads ``libtvm_runtime_cuda.so`` while registering its CUDA backend, which needs
+    the compiler library; a runtime-only install (``libtvm_runtime.so`` alone, the deployment case)
+    never registers it, and then no CUDA device exists. Loading the sidecar registers the device.
+    """
+    import ctypes
+
+    from tvm.base import _LOADED_LIBS
+
+    if "tvm_runtime_cuda" in _LOADED_LIBS or "tvm_runtime" not in _LOADED_LIBS:
+        return
+    sidecar = os.path.join(os.path.dirname(os.path.realpath(_LOADED_LIBS["tvm_runtime"]._name)),
+                           "libtvm_runtime_cuda.so")
+    if os.path.exists(sidecar):
+        try:
+            _LOADED_LIBS["tvm_runtime_cuda"] = ctypes.CDLL(sidecar, mode=ctypes.RTLD_LOCAL)
+        except OSError:  # no libcuda.so.1: reported below as "no CUDA device"
+            pass
+
+
 def _check_gpu(manifest: Manifest) -> None:
     import tvm
 
     code = manifest.library.get("gpu_code", [])
     device = tvm.cuda(0)
+    if not device.exist:
+        _load_cuda_runtime()
+        device = tvm.cuda(0)
     if not device.exist:
         raise ArtifactError(f"this artifact runs on NVIDIA GPUs (code for {', '.join(code)}), but no CUDA device is "
                             "available here (no GPU, or no NVIDIA driver); run it on a GPU machine or recompile "
