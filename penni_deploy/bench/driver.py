@@ -6,44 +6,38 @@ Engines (each measured in its own process, see ``worker``):
 - ``torch-two-stage``: PyTorch eager running PENNI's exact two-stage form;
 - ``tvm-dense``: TVM without the PENNI passes (BN folding and our dense conv kernels only), on the
   dense network;
-- ``penni-deploy``: the compiled artifact, loaded with the TVM runtime as a user would.
+- ``penni-deploy``: the compiled artifact, loaded with the TVM runtime as a user would;
+- with ``peers``: torch.compile, onnxruntime, OpenVINO (f32 and bf16) and DeepSparse (``peers.py``).
 
 For TorchScript and ``.pt2`` inputs the PyTorch module is not rebuilt: it is measured as saved
-(``torch-as-saved``), and the engines that need the PENNI layers are reported as unavailable.
+(``torch-as-saved``), and the engines that need the PENNI layers are reported as unavailable. An engine
+that cannot run (a package or venv missing, a failed export) is a row with an ``error`` saying why and
+how to fix it, never left out.
+
+Every engine gets the same random input and its output is checked against the PyTorch network it runs
+(``max_rel_error``). The run also times a large matmul for the roofline (``roofline.py``).
 """
 
 from __future__ import annotations
 
-import json
 import os
-import subprocess
-import sys
 import tempfile
 from collections.abc import Callable
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 
 import numpy as np
 import torch
 
-from ..compiler import CompileOptions, compile_loaded
+from ..compiler import compile_loaded
 from ..frontend import load_model, resolve_input_shape
 from ..frontend.load_model import LoadedModel
+from .launch import run_worker, save_check, worker_spec
+from .options import BenchOptions
+from .peer_runs import measure_peers
+from .peers import peer_networks, select_engines
+from .roofline import with_roofline
 
 Progress = Callable[[str], None]
-
-
-@dataclass(frozen=True)
-class BenchOptions:
-    """What to measure: batch sizes, threads, and how many timed runs (median and p90 are reported)."""
-
-    batches: tuple[int, ...] = (1, 8)
-    threads: int = field(default_factory=lambda: os.cpu_count() or 1)
-    warmup: int = 10
-    repeat: int = 100
-    min_repeat: int = 20
-    max_seconds: float = 10.0
-    device: str | None = None  # default: the compile target's device
-    compile: CompileOptions = field(default_factory=CompileOptions)
 
 
 def _reference_modules(loaded: LoadedModel) -> dict[str, torch.nn.Module | None]:
@@ -58,27 +52,20 @@ def _reference_modules(loaded: LoadedModel) -> dict[str, torch.nn.Module | None]
     return {"torch-as-saved": module, "torch-dense": None, "torch-two-stage": None}
 
 
-def _measure(spec: dict) -> dict:
-    env = dict(os.environ, TVM_NUM_THREADS=str(spec["threads"]), OMP_NUM_THREADS=str(spec["threads"]))
-    proc = subprocess.run([sys.executable, "-m", "penni_deploy.bench.worker", json.dumps(spec)],
-                          capture_output=True, text=True, env=env, timeout=900)
-    if proc.returncode != 0:
-        tail = (proc.stderr.strip().splitlines() or ["no output"])[-1]
-        return {"error": f"worker failed: {tail}"}
-    return json.loads(proc.stdout.strip().splitlines()[-1])
-
-
 def run_bench(path: str, *, arch: str | None = None, trust_pickle: bool = False,
-              input_shape: tuple[int, ...] | None = None, options: BenchOptions = BenchOptions(),
+              input_shape: tuple[int, ...] | None = None, options: BenchOptions | None = None,
               progress: Progress = lambda _m: None) -> dict:
     """Compile ``path`` and measure every engine at every batch size; returns a JSON-able report."""
     from ..artifact.runtime import load
 
+    options = options or BenchOptions()
     device = _bench_device(options)
     loaded = load_model(path, arch=arch, trust_pickle=trust_pickle)
     references = _reference_modules(loaded)
     dense_source = references.get("torch-dense") or references.get("torch-as-saved")
     dense_loaded = LoadedModel(dense_source, "module", loaded.input_shape, loaded.source_sha256)
+    engines = select_engines(options.peer_engines) if options.peers else ()
+    networks, pruned_sparsity = peer_networks(loaded.model) if engines else ({}, {})
     results = []
     parity = {}
     with tempfile.TemporaryDirectory(prefix="penni-bench-") as tmp:
@@ -91,6 +78,8 @@ def run_bench(path: str, *, arch: str | None = None, trust_pickle: bool = False,
                 torch.jit.save(module, saved[name])
             else:
                 torch.save(module, saved[name])  # our own temporary file, loaded back by the worker
+        progress(f"measuring the fp32 matmul peak ({options.matmul_n}×{options.matmul_n})")
+        peak = run_worker({"engine_kind": "matmul-peak", "threads": options.threads, "n": options.matmul_n})
         for batch in options.batches:
             shape = resolve_input_shape(loaded, input_shape, batch)
             artifacts = {}
@@ -104,30 +93,35 @@ def run_bench(path: str, *, arch: str | None = None, trust_pickle: bool = False,
 
             x = np.random.default_rng(batch).standard_normal(shape).astype(np.float32)
             reference = next(m for m in references.values() if m is not None)
-            with torch.inference_mode():
-                expected = reference(torch.from_numpy(x)).numpy()
+            check = save_check(tmp, x, "reference", reference)
+            expected = np.load(check["expected"])
             got = load(artifacts["penni-deploy"])(x)
             parity[batch] = float(np.abs(got - expected).max() / max(1e-12, np.abs(expected).max()))
 
             for name, module in references.items():
-                engine = {"engine": name, "batch": batch}
+                engine = {"engine": name, "batch": batch, "precision": "fp32"}
                 if module is None:
                     engine["error"] = "unavailable for this model format"
                 else:
                     progress(f"batch {batch}: measuring {name}")
                     kind = "torchscript" if isinstance(module, torch.jit.ScriptModule) else "torch"
-                    engine.update(_measure(_spec(options, kind, saved[name], shape, device)))
+                    engine.update(run_worker(worker_spec(options, kind, saved[name], shape, device, check)))
                 results.append(engine)
             for name, artifact in artifacts.items():
                 progress(f"batch {batch}: measuring {name}")
-                results.append({"engine": name, "batch": batch,
-                                **_measure(_spec(options, "tvm", artifact, shape, device))})
-    return {
+                results.append({"engine": name, "batch": batch, "precision": "fp32",
+                                **run_worker(worker_spec(options, "tvm", artifact, shape, device, check))})
+            if engines:
+                results.extend(measure_peers(networks, shape, options, tmp, x=x, engines=engines, progress=progress))
+    report = {
         "model": os.path.basename(path), "format": loaded.format, "threads": options.threads, "device": device,
         "target": manifest.target, "conv_macs_dense": sum(layer["macs_dense"] for layer in manifest.layers),
         "conv_macs_compiled": sum(layer["macs_compiled"] for layer in manifest.layers),
         "parity_max_rel_error": parity, "results": results,
     }
+    if pruned_sparsity:
+        report["pruned_conv_sparsity"] = pruned_sparsity
+    return with_roofline(report, peak)
 
 
 def _bench_device(options: BenchOptions) -> str:
@@ -148,31 +142,42 @@ def _bench_device(options: BenchOptions) -> str:
     return device
 
 
-def _spec(options: BenchOptions, kind: str, path: str, shape, device: str) -> dict:
-    return {"engine_kind": kind, "path": path, "shape": list(shape), "threads": options.threads, "device": device,
-            "warmup": options.warmup, "repeat": options.repeat, "min_repeat": options.min_repeat,
-            "max_seconds": options.max_seconds}
-
-
 def format_bench_table(report: dict) -> str:
-    """Latency table with speedups over the dense PyTorch baseline of the same batch size."""
-    lines = [f"model {report['model']} ({report['format']}), {report['threads']} threads, "
-             f"target {report['target'].get('mcpu', report['target'].get('name'))}; "
-             f"conv MACs/image dense {report['conv_macs_dense']:,} → compiled {report['conv_macs_compiled']:,}",
-             f"{'engine':<17} {'batch':>5} {'median ms':>10} {'p90 ms':>9} {'speedup':>8} {'model MB':>9} "
-             f"{'infer MB':>9}"]
+    """Latency table: speedups over dense PyTorch eager of the same batch size, ratios to the roofline."""
+    lines = [(f"model {report['model']} ({report['format']}), {report['threads']} threads, "
+              f"target {report['target'].get('mcpu', report['target'].get('name'))}; "
+              f"conv MACs/image dense {report['conv_macs_dense']:,} → compiled {report['conv_macs_compiled']:,}"),
+             _roofline_line(report),
+             (f"{'engine':<24} {'prec':>4} {'batch':>5} {'median ms':>10} {'p90 ms':>9} {'speedup':>8} "
+              f"{'×roofline':>9} {'model MB':>9} {'infer MB':>9} {'rel err':>8}")]
     baseline = {}
     for r in report["results"]:
         if r["engine"] in ("torch-dense", "torch-as-saved") and "median_ms" in r:
             baseline.setdefault(r["batch"], r["median_ms"])
     for r in report["results"]:
+        head = f"{r['engine']:<24} {r.get('precision', 'fp32'):>4} {r['batch']:>5}"
         if "median_ms" not in r:
-            lines.append(f"{r['engine']:<17} {r['batch']:>5}  {r.get('error', 'not measured')}")
+            lines.append(f"{head}  {r.get('error', 'not measured')}")
             continue
         base = baseline.get(r["batch"])
         speedup = f"{base / r['median_ms']:.2f}×" if base else "-"
-        mem = (f"{r['model_mb']:>9.1f} {r['inference_mb']:>9.1f}" if "model_mb" in r else f"{'-':>9} {'-':>9}")
-        lines.append(f"{r['engine']:<17} {r['batch']:>5} {r['median_ms']:>10.3f} {r['p90_ms']:>9.3f} {speedup:>8} {mem}")
+        ratio = f"{r['roofline_ratio']:.1f}" if "roofline_ratio" in r else "-"
+        mem = f"{r['model_mb']:>9.1f} {r['inference_mb']:>9.1f}" if "model_mb" in r else f"{'-':>9} {'-':>9}"
+        error = f"{r['max_rel_error']:.1e}" if "max_rel_error" in r else "-"
+        lines.append(f"{head} {r['median_ms']:>10.3f} {r['p90_ms']:>9.3f} {speedup:>8} {ratio:>9} {mem} {error:>8}")
     parity = ", ".join(f"batch {b}: {e:.1e}" for b, e in report["parity_max_rel_error"].items())
     lines.append(f"penni-deploy vs PyTorch, max abs error / output scale: {parity}")
+    if "pruned_conv_sparsity" in report and any(r["engine"] == "deepsparse-pruned" for r in report["results"]):
+        values = list(report["pruned_conv_sparsity"].values())
+        lines.append(f"deepsparse-pruned: dense convs magnitude-pruned to each PENNI layer's coefficient sparsity "
+                     f"({min(values):.1%}-{max(values):.1%} zeros); rel err is against that pruned network")
     return "\n".join(lines)
+
+
+def _roofline_line(report: dict) -> str:
+    peak = report.get("peak", {})
+    if "gmacs" not in peak:
+        return f"roofline: no matmul peak ({peak.get('error', 'not measured')})"
+    bounds = ", ".join(f"batch {b}: {ms:.3f} ms" for b, ms in report["roofline_ms"].items())
+    return (f"fp32 matmul peak ({peak['n']}², {report['threads']} threads): {peak['peak_gflops']:.1f} GFLOP/s = "
+            f"{peak['gmacs']:.1f} GMAC/s; roofline (compiled conv MACs at that rate): {bounds}")

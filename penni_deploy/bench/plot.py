@@ -1,5 +1,10 @@
 """A picture of a bench report: median latency per engine and batch size, p90 as the whisker.
 
+Horizontal bars, one panel per batch size, every engine of the report on its own line in the report's
+order, so that the ~14 engines of ``bench --peers`` stay readable; an engine that could not run keeps
+its line, marked "not run". penni-deploy is the one green bar; the roofline, where measured, is a
+dashed line. The latency axis turns logarithmic when the bars span more than 20×.
+
 matplotlib is optional (``pip install penni-deploy[bench]``); without it ``plot_bench`` says how to
 get it.
 """
@@ -8,9 +13,34 @@ from __future__ import annotations
 
 from ..errors import PenniError
 
+_LOG_SPAN = 20.0  # max/min median above which the latency axis is logarithmic
+_FAMILY_COLORS = (  # by engine-name prefix, first match wins
+    ("penni-deploy", "tab:green"),
+    ("torch-compile", "tab:purple"),
+    ("torch", "tab:gray"),
+    ("tvm", "tab:olive"),
+    ("onnxruntime", "tab:blue"),
+    ("openvino", "tab:cyan"),
+    ("deepsparse", "tab:orange"),
+)
+
+
+def _color(engine: str) -> str:
+    return next((color for prefix, color in _FAMILY_COLORS if engine.startswith(prefix)), "tab:brown")
+
 
 def plot_bench(report: dict, path: str) -> str:
     """Write a PNG bar chart of ``report`` (from ``run_bench``) to ``path``; returns ``path``."""
+    fig = bench_figure(report)  # says how to install matplotlib when it is missing
+    import matplotlib.pyplot as plt
+
+    fig.savefig(path, dpi=130)
+    plt.close(fig)
+    return path
+
+
+def bench_figure(report: dict):
+    """The chart of ``report`` as a matplotlib Figure: one panel per batch size, one line per engine."""
     try:
         import matplotlib
 
@@ -19,32 +49,54 @@ def plot_bench(report: dict, path: str) -> str:
     except ImportError:
         raise PenniError("--plot needs matplotlib: pip install matplotlib (or penni-deploy[bench])") from None
 
-    measured = [r for r in report["results"] if "median_ms" in r]
-    batches = sorted({r["batch"] for r in measured})
-    engines = list(dict.fromkeys(r["engine"] for r in measured))
-    fig, axes = plt.subplots(1, len(batches), figsize=(4.5 * len(batches), 3.8), squeeze=False)
+    batches = sorted({r["batch"] for r in report["results"]})
+    engines = list(dict.fromkeys(r["engine"] for r in report["results"]))
+    medians = [r["median_ms"] for r in report["results"] if "median_ms" in r]
+    log = bool(medians) and max(medians) / min(medians) > _LOG_SPAN
+    fig, axes = plt.subplots(1, len(batches), figsize=(6.0 * len(batches), 1.6 + 0.32 * len(engines)),
+                             squeeze=False)
     for ax, batch in zip(axes[0], batches):
-        rows = {r["engine"]: r for r in measured if r["batch"] == batch}
-        names = [e for e in engines if e in rows]
-        medians = [rows[e]["median_ms"] for e in names]
-        whiskers = [rows[e]["p90_ms"] - rows[e]["median_ms"] for e in names]
-        colors = ["tab:green" if e == "penni-deploy" else "tab:gray" for e in names]
-        bars = ax.bar(range(len(names)), medians, yerr=[[0] * len(names), whiskers], color=colors, capsize=3)
-        base = rows.get("torch-dense") or rows.get("torch-as-saved")
-        for bar, name in zip(bars, names):
-            label = f"{rows[name]['median_ms']:.2f} ms"
-            if base:
-                label += f"\n{base['median_ms'] / rows[name]['median_ms']:.1f}×"
-            top = rows[name]["p90_ms"]  # above the whisker
-            ax.annotate(label, (bar.get_x() + bar.get_width() / 2, top), ha="center", va="bottom",
-                        fontsize=7, xytext=(0, 2), textcoords="offset points")
-        ax.set_xticks(range(len(names)), names, rotation=30, ha="right", fontsize=8)
-        ax.set_title(f"batch {batch}", fontsize=10)
-        ax.set_ylabel("median latency (ms), whisker p90")
-        ax.margins(y=0.25)
+        _draw_panel(ax, report, batch, engines, log)
     target = report["target"].get("mcpu") or report["target"].get("name")
-    fig.suptitle(f"{report['model']} — {report['threads']} threads, {target}; speedup vs PyTorch eager", fontsize=10)
+    fig.suptitle(f"{report['model']} — {report['threads']} threads, {target}; speedup vs PyTorch eager (dense)",
+                 fontsize=10)
     fig.tight_layout()
-    fig.savefig(path, dpi=130)
-    plt.close(fig)
-    return path
+    return fig
+
+
+def _draw_panel(ax, report: dict, batch: int, engines: list[str], log: bool) -> None:
+    rows = {r["engine"]: r for r in report["results"] if r["batch"] == batch}
+    measured = [e for e in engines if "median_ms" in rows.get(e, {})]
+    ys = {e: i for i, e in enumerate(engines)}
+    ax.barh([ys[e] for e in measured], [rows[e]["median_ms"] for e in measured],
+            xerr=[[0] * len(measured), [rows[e]["p90_ms"] - rows[e]["median_ms"] for e in measured]],
+            color=[_color(e) for e in measured], capsize=2, height=0.7)
+    base = rows.get("torch-dense") or rows.get("torch-as-saved")
+    for e in engines:
+        if e not in measured:
+            ax.annotate("not run (see report)", (0, ys[e]), xytext=(4, 0), textcoords="offset points",
+                        xycoords=("axes fraction", "data"), va="center", fontsize=7, color="tab:red")
+            continue
+        label = f"{rows[e]['median_ms']:.3g} ms"
+        if base and "median_ms" in base:
+            label += f"  {base['median_ms'] / rows[e]['median_ms']:.1f}×"
+        ax.annotate(label, (rows[e]["p90_ms"], ys[e]), xytext=(3, 0), textcoords="offset points",
+                    va="center", fontsize=7, fontweight="bold" if e == "penni-deploy" else "normal")
+    bounds = report.get("roofline_ms", {})
+    roofline = bounds.get(batch) or bounds.get(str(batch))  # str keys once the report went through JSON
+    if roofline:
+        ax.axvline(roofline, color="tab:red", linestyle="--", linewidth=1)
+        ax.annotate(f"roofline {roofline:.3g} ms", (roofline, 0.0), xycoords=("data", "axes fraction"),
+                    xytext=(2, 3), textcoords="offset points", fontsize=7, color="tab:red")
+    ax.set_yticks(range(len(engines)), engines, fontsize=8)
+    for tick in ax.get_yticklabels():
+        if tick.get_text() == "penni-deploy":
+            tick.set_fontweight("bold")
+    ax.invert_yaxis()  # the report's first engine on top
+    ax.margins(x=0.35 if not log else 0.6)  # room for the labels right of the bars
+    if log:
+        ax.set_xscale("log")
+        smallest = min([rows[e]["median_ms"] for e in measured] + ([roofline] if roofline else []), default=1.0)
+        ax.set_xlim(smallest / 2, ax.get_xlim()[1])
+    ax.set_xlabel("median latency (ms), whisker p90" + (", log scale" if log else ""))
+    ax.set_title(f"batch {batch}", fontsize=10)

@@ -1,20 +1,66 @@
 """Measure one engine in a fresh process: latency over repeated runs and peak inference memory.
 
-Run as ``python -m penni_deploy.bench.worker SPEC_JSON``; prints one JSON line. A process per engine
-keeps their memory apart: ``model_mb`` is what loading the model added to the process, and
-``inference_mb`` the high-water mark while running above the level right after loading (activations,
-workspaces, allocator caches), read from /proc/self/status after resetting it. On a GPU these are
-host memory only.
+Run by path, ``python -P .../worker.py SPEC_JSON`` (``launch.run_worker``), under our Python or another
+venv's, as the DeepSparse worker is; prints one JSON line. This module imports only the standard library
+and NumPy at the top, and each engine's package when it is measured, so any Python with NumPy and that
+one engine can run it.
+
+A process per engine keeps their memory and thread pools apart. Every engine is measured the same way:
+its runtime is loaded first (:func:`_load_runtime`), then ``model_mb`` is what loading (and
+compiling) the model added to the process, and ``inference_mb`` the high-water mark while running above
+the level right after loading (activations, workspaces, allocator caches), read from /proc/self/status
+after resetting it. On a GPU these are host memory only.
+
+Engine kinds: ``tvm`` (a .penni artifact), ``torch`` / ``torchscript`` (PyTorch eager), ``torch-compile``
+(inductor; the first, compiling call is part of loading), ``onnxruntime``, ``openvino`` and
+``deepsparse`` (an ONNX file), and ``matmul-peak``, which times a large fp32 matmul for the roofline.
 """
 
 from __future__ import annotations
 
+import importlib
 import json
 import os
 import sys
 import time
 
 import numpy as np
+
+_INSTALL_HINTS = {
+    "onnxruntime": "pip install 'penni-deploy[peers]'",
+    "openvino": "pip install 'penni-deploy[peers]'",
+    "deepsparse": "bash scripts/setup_deepsparse.sh",
+}
+
+# Imported before the memory baseline: the engine's runtime is not part of its model's memory.
+_ENGINE_MODULES = {
+    "tvm": ("tvm", "tvm.runtime.vm", "penni_deploy.artifact.runtime"),
+    "torch": ("torch",),
+    "torchscript": ("torch",),
+    "torch-compile": ("torch", "torch._inductor.compile_fx"),
+    "onnxruntime": ("onnxruntime",),
+    "openvino": ("openvino",),
+    "deepsparse": ("deepsparse",),
+}
+
+
+class EngineMissingError(Exception):
+    """The engine's package is not importable in this Python; reported as the row's error."""
+
+
+def _import(name: str):
+    try:
+        return importlib.import_module(name)
+    except ImportError as e:
+        raise EngineMissingError(f"{name} cannot be imported in {sys.executable} ({e}): "
+                                 f"{_INSTALL_HINTS.get(name, 'install it')}") from None
+
+
+def _load_runtime(kind: str) -> None:
+    """Import the engine's packages (and load OpenVINO's CPU plugin), so that they do not count as the model's."""
+    modules = [_import(name) for name in _ENGINE_MODULES[kind]]
+    if kind == "openvino":
+        modules[0].Core().get_property("CPU", "FULL_DEVICE_NAME")  # loads the plugin library
 
 
 def _status_kb(field: str) -> int | None:
@@ -37,33 +83,113 @@ def _reset_peak() -> bool:
         return False
 
 
-def _load(spec: dict):
-    kind, device = spec["engine_kind"], spec.get("device", "cpu")
-    if kind == "tvm":
-        from penni_deploy.artifact.runtime import load
+# Each loader takes the spec and the input to time on, and returns (run, infer, facts): ``run()`` one
+# timed inference on that input, ``infer(x)`` the output for ``x`` as a NumPy array (for the accuracy
+# check), and ``facts`` entries for the report that only the loaded engine knows.
 
-        return load(spec["path"], device).benchmark_callable()
-    import torch
 
+def _load_tvm(spec: dict, x: np.ndarray):
+    from penni_deploy.artifact.runtime import load
+
+    model = load(spec["path"], spec.get("device", "cpu"))
+    return model.benchmark_callable(), model, {}
+
+
+def _load_torch(spec: dict, x: np.ndarray):
+    torch = _import("torch")
     torch.set_num_threads(spec["threads"])
-    module = torch.load(spec["path"], weights_only=False) if kind == "torch" else torch.jit.load(spec["path"])
+    device = spec.get("device", "cpu")
+    if spec["engine_kind"] == "torchscript":
+        module = torch.jit.load(spec["path"])
+    else:
+        module = torch.load(spec["path"], weights_only=False)  # our own temporary file, written by the driver
     module = module.eval().to(device)
-    x = torch.randn(spec["shape"], device=device)
+    if spec["engine_kind"] == "torch-compile":
+        module = torch.compile(module)  # inductor; compiles on the first call below
+    xt = torch.from_numpy(x).to(device)
     sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
+
+    def infer(a: np.ndarray) -> np.ndarray:
+        with torch.inference_mode():
+            return module(torch.from_numpy(a).to(device)).cpu().numpy()
 
     def run():
         with torch.inference_mode():
-            module(x)
+            module(xt)
         sync()
 
-    return run
+    if spec["engine_kind"] == "torch-compile":
+        run()  # the slow first call: compile now, as part of loading
+    return run, infer, {}
+
+
+def _load_onnxruntime(spec: dict, x: np.ndarray):
+    ort = _import("onnxruntime")
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = spec["threads"]
+    options.inter_op_num_threads = 1
+    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    session = ort.InferenceSession(spec["path"], options, providers=["CPUExecutionProvider"])
+    name = session.get_inputs()[0].name
+    return (lambda: session.run(None, {name: x})), (lambda a: session.run(None, {name: a})[0]), {}
+
+
+def _load_openvino(spec: dict, x: np.ndarray):
+    ov = _import("openvino")
+    precision = {"fp32": "f32", "bf16": "bf16"}[spec.get("precision", "fp32")]
+    config = {"INFERENCE_PRECISION_HINT": precision, "INFERENCE_NUM_THREADS": spec["threads"],
+              "PERFORMANCE_HINT": "LATENCY", "NUM_STREAMS": 1}
+    compiled = ov.Core().compile_model(spec["path"], "CPU", config)
+    request = compiled.create_infer_request()
+    # What OpenVINO settled on: a CPU without bf16 falls back to f32, and the report must say so.
+    actual = compiled.get_property("INFERENCE_PRECISION_HINT").get_type_name()
+
+    def infer(a: np.ndarray) -> np.ndarray:
+        return np.array(request.infer({0: a})[compiled.output(0)])
+
+    return (lambda: request.infer({0: x})), infer, {"precision": {"f32": "fp32"}.get(actual, actual)}
+
+
+def _load_deepsparse(spec: dict, x: np.ndarray):
+    deepsparse = _import("deepsparse")
+    engine = deepsparse.compile_model(spec["path"], batch_size=spec["shape"][0], num_cores=spec["threads"])
+    return (lambda: engine.run([x])), (lambda a: engine.run([a])[0]), {}
+
+
+_LOADERS = {
+    "tvm": _load_tvm,
+    "torch": _load_torch,
+    "torchscript": _load_torch,
+    "torch-compile": _load_torch,
+    "onnxruntime": _load_onnxruntime,
+    "openvino": _load_openvino,
+    "deepsparse": _load_deepsparse,
+}
+
+
+def _input(spec: dict) -> np.ndarray:
+    check = spec.get("check")
+    if check:
+        return np.load(check["input"])
+    return np.random.default_rng(0).standard_normal(spec["shape"]).astype(np.float32)
 
 
 def measure(spec: dict) -> dict:
+    """Load, check against the expected output if given, warm up, then time ``spec``'s engine."""
+    x = _input(spec)
+    _load_runtime(spec["engine_kind"])
     rss0 = _status_kb("VmRSS")
-    run = _load(spec)
+    start = time.perf_counter()
+    run, infer, facts = _LOADERS[spec["engine_kind"]](spec, x)
+    load_s = time.perf_counter() - start
     rss_loaded = _status_kb("VmRSS")
     reset = _reset_peak()
+    result = {"load_s": load_s, **facts}
+    if spec.get("check"):
+        expected = np.load(spec["check"]["expected"])
+        got = np.asarray(infer(x), dtype=np.float64)
+        result["max_rel_error"] = float(np.abs(got - expected).max() / max(1e-12, float(np.abs(expected).max())))
     for _ in range(spec["warmup"]):
         run()
     times = []
@@ -74,17 +200,48 @@ def measure(spec: dict) -> dict:
         times.append(time.perf_counter() - start)
     peak = _status_kb("VmHWM")
     ms = np.array(times) * 1e3
-    result = {"median_ms": float(np.median(ms)), "p90_ms": float(np.percentile(ms, 90)), "runs": len(times)}
+    result.update(median_ms=float(np.median(ms)), p90_ms=float(np.percentile(ms, 90)), runs=len(times))
     if rss0 and rss_loaded and peak and reset:
         result.update(model_mb=(rss_loaded - rss0) / 1024, inference_mb=max(0, peak - rss_loaded) / 1024,
                       peak_rss_mb=peak / 1024)
     return result
 
 
+def matmul_peak(spec: dict) -> dict:
+    """The best time of an ``n``×``n`` fp32 ``torch.mm`` at ``threads``: the machine's usable FMA rate.
+
+    Returns
+    -------
+    dict
+        ``gmacs`` (10^9 multiply-adds per second, ``n^3 / best time``), ``peak_gflops`` (twice that),
+        ``n`` and ``best_ms``.
+    """
+    torch = _import("torch")
+    torch.set_num_threads(spec["threads"])
+    n = spec.get("n", 2048)
+    gen = torch.Generator().manual_seed(0)
+    a, b = torch.randn(n, n, generator=gen), torch.randn(n, n, generator=gen)
+    out = torch.empty(n, n)
+    for _ in range(2):
+        torch.mm(a, b, out=out)
+    best = float("inf")
+    for _ in range(spec.get("repeat", 10)):
+        start = time.perf_counter()
+        torch.mm(a, b, out=out)
+        best = min(best, time.perf_counter() - start)
+    gmacs = n**3 / best / 1e9
+    return {"n": n, "best_ms": best * 1e3, "gmacs": gmacs, "peak_gflops": 2 * gmacs}
+
+
 def main() -> None:
     spec = json.loads(sys.argv[1])
     os.environ.setdefault("TVM_NUM_THREADS", str(spec["threads"]))
-    print(json.dumps(measure(spec)))
+    os.environ.setdefault("NM_DISABLE_ANALYTICS", "1")  # DeepSparse: no usage events from a benchmark
+    try:
+        result = matmul_peak(spec) if spec["engine_kind"] == "matmul-peak" else measure(spec)
+    except EngineMissingError as e:
+        result = {"error": str(e)}
+    print(json.dumps(result))
 
 
 if __name__ == "__main__":

@@ -1,0 +1,25 @@
+"""What a bench run measures, as one immutable options object shared by the driver and the peer runs."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+
+from ..compiler import CompileOptions
+
+
+@dataclass(frozen=True)
+class BenchOptions:
+    """What to measure: batch sizes, threads, and how many timed runs (median and p90 are reported)."""
+
+    batches: tuple[int, ...] = (1, 8)
+    threads: int = field(default_factory=lambda: os.cpu_count() or 1)
+    warmup: int = 10
+    repeat: int = 100
+    min_repeat: int = 20
+    max_seconds: float = 10.0
+    device: str | None = None  # default: the compile target's device
+    compile: CompileOptions = field(default_factory=CompileOptions)
+    peers: bool = False  # also measure the engines of peers.PEER_ENGINES
+    peer_engines: tuple[str, ...] | None = None  # names of the peers to measure; None: all of them
+    matmul_n: int = 2048  # side of the square fp32 matmul that measures the machine's peak for the roofline

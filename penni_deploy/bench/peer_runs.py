@@ -1,0 +1,83 @@
+"""Measure the peer engines (``peers.PEER_ENGINES``) on one batch size: one row per engine, always.
+
+Each engine runs in its own worker process (``launch.run_worker``) with the bench's threads, on the
+network of its form: torch.compile loads the PyTorch module, the ONNX engines the one ONNX file exported
+per form and batch size. An engine that cannot run gets a row with an ``error`` saying what is missing
+and how to install it.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Sequence
+
+import numpy as np
+import torch
+from torch import nn
+
+from .launch import run_worker, save_check, worker_spec
+from .options import BenchOptions
+from .peers import (
+    PEER_ENGINES,
+    PeerEngine,
+    PeerUnavailableError,
+    deepsparse_python,
+    export_onnx,
+    missing_reason,
+)
+
+
+def measure_peers(networks: dict[str, nn.Module | str], shape: tuple[int, ...], options: BenchOptions,
+                  workdir: str, *, x: np.ndarray | None = None, engines: Sequence[PeerEngine] = PEER_ENGINES,
+                  progress: Callable[[str], None] = lambda _m: None) -> list[dict]:
+    """One result row per engine of ``engines`` for input ``shape``, measured or with its ``error``.
+
+    Parameters
+    ----------
+    networks : dict
+        From ``peers.peer_networks``: form to module, or to the reason there is none.
+    shape : tuple of int
+        The input shape; its first entry is the batch size.
+    options : BenchOptions
+        Threads and run counts, as for every other engine of the bench.
+    workdir : str
+        A folder for the saved modules, ONNX files and check arrays.
+    x : np.ndarray, optional
+        The input to time and check on (default: seeded by the batch size, as the driver's).
+    """
+    batch = shape[0]
+    if x is None:
+        x = np.random.default_rng(batch).standard_normal(shape).astype(np.float32)
+    files: dict[tuple[str, str], str | PeerUnavailableError] = {}  # (form, "onnx" | "torch") -> path
+    checks = {form: save_check(workdir, x, form, net) for form, net in networks.items() if isinstance(net, nn.Module)}
+    rows = []
+    for engine in engines:
+        row = {"engine": engine.name, "batch": batch, "precision": engine.precision}
+        network = networks[engine.form]
+        reason = missing_reason(engine) or (network if isinstance(network, str) else None)
+        if reason is None:
+            key = (engine.form, "onnx" if engine.needs_onnx else "torch")
+            if key not in files:
+                progress(f"batch {batch}: saving the {engine.form} network as {key[1]}")
+                files[key] = _save(network, key, shape, workdir)
+            reason = str(files[key]) if isinstance(files[key], PeerUnavailableError) else None
+        if reason is not None:
+            rows.append({**row, "error": reason})
+            continue
+        progress(f"batch {batch}: measuring {engine.name}")
+        spec = worker_spec(options, engine.kind, files[key], shape, "cpu", checks[engine.form], engine.precision)
+        python = deepsparse_python() if engine.kind == "deepsparse" else None  # its own venv (numpy<2)
+        rows.append({**row, **run_worker(spec, python)})
+    return rows
+
+
+def _save(network: nn.Module, key: tuple[str, str], shape: tuple[int, ...], workdir: str):
+    form, fmt = key
+    if fmt == "torch":
+        path = os.path.join(workdir, f"peer-{form}.pt")
+        torch.save(network, path)  # our own temporary file, loaded back by the worker
+        return path
+    try:
+        return export_onnx(network, tuple(shape), os.path.join(workdir, f"{form}-b{shape[0]}.onnx"))
+    except PeerUnavailableError as e:
+        return e

@@ -1,0 +1,201 @@
+"""The peer inference engines of ``bench --peers``: which there are, what each runs, and what it needs.
+
+No engine here exploits the PENNI structure; they are the numbers a user would get without this compiler:
+
+- ``torch-compile-*``: ``torch.compile`` (inductor) on the dense and on the two-stage network;
+- ``onnxruntime-*``: onnxruntime's CPU provider on the ONNX export of each network;
+- ``openvino-f32-*`` and ``openvino-bf16-*``: OpenVINO with the inference precision pinned (on CPUs with
+  bf16 support it otherwise runs bf16 silently);
+- ``deepsparse-pruned``: DeepSparse, the one CPU engine that turns unstructured zeros into speed, on the
+  dense network magnitude-pruned to the PENNI model's per-layer sparsity (:func:`magnitude_pruned_model`).
+
+Every ONNX engine reads the same single-file ONNX graph (:func:`export_onnx`). DeepSparse needs numpy<2
+and Python <= 3.11, so it lives in its own venv (``scripts/setup_deepsparse.sh``) and its worker runs
+under that venv's Python (:func:`deepsparse_python`).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import shutil
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from ..errors import PenniError
+
+FORMS = ("dense", "two-stage", "pruned")
+"""The networks a peer can run: dense convs (W = C·B), PENNI's exact two-stage form, or magnitude-pruned dense."""
+
+ONNX_OPSET = 13  # DeepSparse 1.8 reads up to this with the legacy exporter's op set
+DEEPSPARSE_PYTHON_ENV = "PENNI_DEEPSPARSE_PYTHON"
+_REPO_ROOT = Path(__file__).resolve().parents[2]
+_PEERS_EXTRA = "pip install 'penni-deploy[peers]'"
+
+
+class PeerUnavailableError(PenniError):
+    """A peer engine cannot run here: a package or venv is missing, or the network cannot be exported."""
+
+
+@dataclass(frozen=True)
+class PeerEngine:
+    """One row family of the bench table.
+
+    Parameters
+    ----------
+    name : str
+        Row name; the precision is part of it where the engine may change it (``openvino-bf16-dense``).
+    kind : str
+        The ``engine_kind`` the worker runs (``bench/worker.py``).
+    form : str
+        Which network it runs, one of :data:`FORMS`.
+    precision : str
+        ``fp32``, or ``bf16`` where the engine is asked to compute in bfloat16.
+    """
+
+    name: str
+    kind: str
+    form: str
+    precision: str = "fp32"
+
+    @property
+    def needs_onnx(self) -> bool:
+        return self.kind in ("onnxruntime", "openvino", "deepsparse")
+
+
+PEER_ENGINES = (
+    PeerEngine("torch-compile-dense", "torch-compile", "dense"),
+    PeerEngine("torch-compile-two-stage", "torch-compile", "two-stage"),
+    PeerEngine("onnxruntime-dense", "onnxruntime", "dense"),
+    PeerEngine("onnxruntime-two-stage", "onnxruntime", "two-stage"),
+    PeerEngine("openvino-f32-dense", "openvino", "dense"),
+    PeerEngine("openvino-f32-two-stage", "openvino", "two-stage"),
+    PeerEngine("openvino-bf16-dense", "openvino", "dense", "bf16"),
+    PeerEngine("openvino-bf16-two-stage", "openvino", "two-stage", "bf16"),
+    PeerEngine("deepsparse-pruned", "deepsparse", "pruned"),
+)
+
+
+def select_engines(names: tuple[str, ...] | None) -> tuple[PeerEngine, ...]:
+    """The engines of :data:`PEER_ENGINES` called ``names`` (all when None), in the table's order."""
+    if names is None:
+        return PEER_ENGINES
+    known = {engine.name for engine in PEER_ENGINES}
+    unknown = sorted(set(names) - known)
+    if unknown:
+        raise PenniError(f"unknown peer engine(s) {', '.join(unknown)}; choose from {', '.join(sorted(known))}")
+    return tuple(engine for engine in PEER_ENGINES if engine.name in names)
+
+
+def deepsparse_python() -> str:
+    """The Python that runs the DeepSparse worker: ``$PENNI_DEEPSPARSE_PYTHON``, else the repo's ``.venv-deepsparse``."""
+    return os.environ.get(DEEPSPARSE_PYTHON_ENV) or str(_REPO_ROOT / ".venv-deepsparse" / "bin" / "python")
+
+
+def missing_reason(engine: PeerEngine) -> str | None:
+    """Why ``engine`` cannot run on this machine, with the fix; None when everything it needs is present.
+
+    Only what can be seen without loading the engine is checked here; a package that is present but
+    broken is reported by its worker.
+    """
+    if engine.needs_onnx and engine.kind != "deepsparse" and importlib.util.find_spec("onnx") is None:
+        return f"the ONNX export needs the onnx package: {_PEERS_EXTRA}"
+    if engine.kind == "torch-compile":
+        if not any(shutil.which(cc) for cc in ("c++", "g++", "clang++")):
+            return "torch.compile (inductor) needs a C++ compiler: apt-get install g++"
+    elif engine.kind in ("onnxruntime", "openvino"):
+        if importlib.util.find_spec(engine.kind) is None:
+            return f"{engine.kind} is not installed: {_PEERS_EXTRA}"
+    elif engine.kind == "deepsparse":
+        if importlib.util.find_spec("onnx") is None:
+            return f"the ONNX export for DeepSparse needs the onnx package: {_PEERS_EXTRA}"
+        python = deepsparse_python()
+        if not os.access(python, os.X_OK):
+            return (f"DeepSparse's Python {python} is missing: run bash scripts/setup_deepsparse.sh "
+                    f"(or point {DEEPSPARSE_PYTHON_ENV} at a Python with deepsparse==1.8.0)")
+    return None
+
+
+def export_onnx(module: nn.Module, shape: tuple[int, ...], path: str) -> str:
+    """Write ``module`` as one self-contained ONNX file for input ``shape``; returns ``path``.
+
+    The legacy TorchScript exporter (``dynamo=False``) at opset 13: DeepSparse reads nothing newer, and the
+    default dynamo exporter of torch 2.13 writes the weights to a side file. Constants are folded, so
+    the two-stage network's weights arrive as plain initializers. Every ONNX engine reads this one file.
+    """
+    if importlib.util.find_spec("onnx") is None:
+        raise PeerUnavailableError(f"the ONNX export needs the onnx package: {_PEERS_EXTRA}")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # the legacy exporter's deprecation notice, on every call
+            torch.onnx.export(module.eval(), (torch.zeros(shape),), path, dynamo=False, opset_version=ONNX_OPSET,
+                              input_names=["input"], output_names=["output"], do_constant_folding=True)
+    except Exception as e:  # whatever the exporter trips on makes the ONNX rows errors, not the whole bench
+        first_line = (str(e).splitlines() or [""])[0]
+        raise PeerUnavailableError(f"ONNX export failed: {type(e).__name__}: {first_line}") from e
+    if os.path.exists(path + ".data"):
+        raise PeerUnavailableError(f"the ONNX export wrote its weights beside {path}; the ONNX engines need one file")
+    return path
+
+
+def peer_networks(model) -> tuple[dict[str, nn.Module | str], dict[str, float]]:
+    """The network of each form in :data:`FORMS` for ``model``, or why there is none; and the pruned sparsity.
+
+    ``model`` is what ``load_model`` gives: the dense and two-stage networks are rebuilt from its PENNI
+    layers, as for PyTorch eager. TorchScript and ``.pt2`` models do not keep those layers.
+
+    Returns
+    -------
+    (dict, dict)
+        Form to ``nn.Module`` or to the reason it is missing; each pruned layer's fraction of zeros.
+    """
+    from ..models.dense_copy import has_penni_layers, to_dense_model, to_two_stage_model
+
+    if not isinstance(model, nn.Module) or isinstance(model, torch.jit.ScriptModule):
+        reason = ("needs the PyTorch module, which TorchScript and .pt2 files do not keep: "
+                  "bench a state_dict (with --arch) or a pickled module")
+        return dict.fromkeys(FORMS, reason), {}
+    if not has_penni_layers(model):
+        reason = "the model has no PENNI layers, so it has no two-stage or pruned form"
+        return {"dense": model.eval(), "two-stage": reason, "pruned": reason}, {}
+    pruned, sparsity = magnitude_pruned_model(model)
+    return {"dense": to_dense_model(model), "two-stage": to_two_stage_model(model), "pruned": pruned}, sparsity
+
+
+@torch.no_grad()
+def magnitude_pruned_model(model: nn.Module) -> tuple[nn.Module, dict[str, float]]:
+    """The dense network, each PENNI conv's weight pruned by magnitude to that layer's coefficient sparsity.
+
+    DeepSparse speeds up unstructured zeros, not PENNI's factored form, so it gets the network a
+    magnitude pruner would give at the same sparsity. For every ``PenniConv2d`` the dense weight
+    ``W = C·B`` is rebuilt (as in ``to_dense_model``), ``s = 1 - coefficient density of C`` is that layer's
+    fraction of zeros, and the ``round(s * W.numel())`` entries of smallest ``|W|`` are set to zero. Other
+    layers (1×1 convs, BatchNorm, Linear) stay as they are. There is no retraining: the pruned network
+    matches the PENNI model's sparsity and cost, not its accuracy.
+
+    Returns
+    -------
+    (nn.Module, dict)
+        The pruned copy, and each pruned layer's path with its fraction of zero weights.
+    """
+    from ..models.dense_copy import to_dense_model
+    from ..models.penni_conv import PenniConv2d
+
+    sparsity = {name: 1.0 - m.coefficient_density() for name, m in model.named_modules()
+                if isinstance(m, PenniConv2d)}
+    if not sparsity:
+        raise PeerUnavailableError("the pruned network is made from PENNI layers, and this model has none")
+    pruned = to_dense_model(model)  # a deep copy, PenniConv2d -> nn.Conv2d at the same paths
+    achieved = {}
+    for name, target in sparsity.items():
+        weight = pruned.get_submodule(name).weight  # (Cout, Cin, kh, kw)
+        flat = weight.view(-1)
+        k = round(target * flat.numel())
+        if k:
+            flat[flat.abs().argsort(stable=True)[:k]] = 0.0
+        achieved[name] = float((flat == 0).sum()) / flat.numel()
+    return pruned.eval(), achieved
