@@ -77,9 +77,10 @@ def _draw_panel(ax, report: dict, batch: int, engines: list[str], log: bool) -> 
             ax.annotate("not run (see report)", (0, ys[e]), xytext=(4, 0), textcoords="offset points",
                         xycoords=("axes fraction", "data"), va="center", fontsize=7, color="tab:red")
             continue
-        label = f"{rows[e]['median_ms']:.3g} ms"
+        median = rows[e]["median_ms"]
+        label = f"{median:.3g} ms" if median < 100 else f"{median:.0f} ms"
         if base and "median_ms" in base:
-            label += f"  {base['median_ms'] / rows[e]['median_ms']:.1f}×"
+            label += f"  {base['median_ms'] / median:.1f}×"
         ax.annotate(label, (rows[e]["p90_ms"], ys[e]), xytext=(3, 0), textcoords="offset points",
                     va="center", fontsize=7, fontweight="bold" if e == "penni-deploy" else "normal")
     bounds = report.get("roofline_ms", {})
@@ -93,7 +94,7 @@ def _draw_panel(ax, report: dict, batch: int, engines: list[str], log: bool) -> 
         if tick.get_text() == "penni-deploy":
             tick.set_fontweight("bold")
     ax.invert_yaxis()  # the report's first engine on top
-    ax.margins(x=0.35 if not log else 0.6)  # room for the labels right of the bars
+    ax.margins(x=0.35)  # room for the labels right of the bars
     if log:
         ax.set_xscale("log")
         smallest = min([rows[e]["median_ms"] for e in measured] + ([roofline] if roofline else []), default=1.0)
