@@ -130,6 +130,8 @@ def _bench_device(options: BenchOptions) -> str:
 
     target_device = options.compile.make_target().device
     device = options.device or target_device
+    if options.peers and device != "cpu":
+        raise PenniError("--peers compares CPU engines (the roofline too): run it with --device cpu --target x86")
     if device != target_device:
         raise PenniError(f"--device {device} needs an artifact built for it: pass --target "
                          f"{'cuda' if device == 'cuda' else 'x86'}")

@@ -260,3 +260,14 @@ def test_the_plot_has_a_line_for_every_engine(tmp_path):
         plt.close(fig)
     png = plot_bench(_report_with_every_engine(), str(tmp_path / "bench.png"))
     assert Path(png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+# --- the driver -----------------------------------------------------------------------------------------
+
+
+def test_peers_refuse_a_gpu_bench(tmp_path):
+    from penni_deploy.bench import run_bench
+
+    options = BenchOptions(device="cuda", peers=True)
+    with pytest.raises(PenniError, match="--peers compares CPU engines"):
+        run_bench(str(tmp_path / "never-read.pt"), options=options)
