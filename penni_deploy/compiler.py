@@ -47,6 +47,9 @@ class CompileOptions:
         Graph pipeline: ``penni`` (the compiler) or ``dense`` (TVM without the PENNI passes).
     passes : PipelineOptions
         Knobs of the graph passes.
+    tuning_db : str, optional
+        A folder written by ``penni-deploy tune``: each layer then uses its fastest measured
+        kernels (the cost model decides for layers the database does not know).
     """
 
     target: str = "x86"
@@ -54,6 +57,7 @@ class CompileOptions:
     gpu_arch: str | None = None
     pipeline: str = "penni"
     passes: PipelineOptions = field(default_factory=PipelineOptions)
+    tuning_db: str | None = None
 
     def make_target(self):
         return get_target(self.target, mcpu=self.mcpu, arch=self.gpu_arch)
@@ -83,13 +87,31 @@ def compile_program(program: torch.export.ExportedProgram, input_shape: tuple[in
     mod = to_relax(program)
     progress(f"graph passes ({options.pipeline})")
     mod, seconds = run_passes(mod, graph_passes(options.pipeline, options.passes))
-    layers = describe_conv_layers(mod)
+    chooser, metaschedule_dir = _choosers(target, options.tuning_db)
+    layers = describe_conv_layers(mod, chooser)
     output_shape = tuple(int(d) for d in mod["main"].ret_ty.shape)
     progress(f"generating kernels and building for {target.describe()['tvm_target']}")
     start = time.perf_counter()
-    executable = target.build(mod)
+    executable = target.build(mod, chooser, metaschedule_dir)
     seconds["build"] = time.perf_counter() - start
     return CompiledProgram(executable, target, tuple(input_shape), output_shape, layers, seconds)
+
+
+def _choosers(target, tuning_db: str | None):
+    """The layer chooser and MetaSchedule folder of a build: the tuning database's, or the defaults."""
+    if options_db := tuning_db:
+        from .errors import PenniError
+        from .tuning.chooser import DatabaseChooser
+        from .tuning.database import TuningDatabase
+
+        db = TuningDatabase(options_db, create=False)
+        key = target.tuning_key()
+        if len(db) and key not in db.targets():
+            raise PenniError(f"tuning database {options_db} holds results for {', '.join(sorted(db.targets()))}, "
+                             f"not for this target ({key}); tune on this kind of machine, or drop --tuning-db")
+        ms_dir = db.metaschedule_dir if os.path.isdir(db.metaschedule_dir) else None
+        return DatabaseChooser(db, key, target.kernels.lanes, target.num_threads), ms_dir
+    return target.default_chooser(), None
 
 
 def compile_loaded(loaded: LoadedModel, output: str, *, input_shape: tuple[int, ...] | None = None,

@@ -1,20 +1,41 @@
 """The interface between the kernel lowering pass and a target's kernel generators.
 
-``LowerConvComposites`` asks a ``KernelLibrary`` for the three kernels a conv chain can need; each
-target supplies its own (``cpu.CpuKernels``, ``gpu.GpuKernels``) with the same argument order, so
-the pass never knows which device it lowers for.
+``LowerConvComposites`` asks a ``KernelLibrary`` for the kernels of each conv chain; each target
+supplies its own (``cpu.CpuKernels``, ``gpu.GpuKernels``), so the pass never knows which device it
+lowers for. A PENNI layer becomes a short pipeline of ``KernelStep``s whose shape depends on the
+layer's ``KernelConfig`` (two kernels, one fused kernel, or the coefficient-first pair).
 """
 
 from __future__ import annotations
 
 import abc
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 import numpy as np
 from tvm import tirx
 
+from .config import DEFAULT_CONFIG, KernelConfig
+
 if TYPE_CHECKING:  # the planning types live with the pass that makes them
     from ..passes.conv_chain import ConvChain, PenniLayerPlan
+
+
+@dataclass(frozen=True, eq=False)
+class KernelStep:
+    """One generated kernel in a layer's pipeline.
+
+    The step is called as ``func(input, *constants, [bias], [residual], out)``: ``input`` is the
+    layer input (reshaped to ``in_shape`` when given) for the first step and the previous step's
+    output otherwise; only the last step takes the epilogue's bias and residual.
+    """
+
+    func: tirx.PrimFunc
+    name: str
+    constants: list[np.ndarray]
+    out_shape: tuple[int, ...]
+    in_shape: tuple[int, ...] | None = None
+    takes_epilogue: bool = field(default=False)
 
 
 class KernelLibrary(abc.ABC):
@@ -43,3 +64,21 @@ class KernelLibrary(abc.ABC):
     @abc.abstractmethod
     def dense_conv(self, chain: ConvChain) -> tirx.PrimFunc:
         """A dense (groups = 1) conv with the chain's epilogue."""
+
+    def supports(self, config: KernelConfig) -> bool:
+        """Whether ``penni_layer`` implements ``config`` (the default: basis-first CSR, two kernels)."""
+        return config.order == "basis_first" and not config.fused and config.format == "csr"
+
+    def penni_layer(self, plan: PenniLayerPlan, config: KernelConfig = DEFAULT_CONFIG) -> list[KernelStep]:
+        """The kernel pipeline of one PENNI layer (with at least one nonzero coefficient)."""
+        chain = plan.chain
+        basis, constants = self.basis_conv(plan)
+        csr = plan.coefs
+        maps_shape = (chain.geometry.batch, plan.n_maps, chain.pixels)
+        out_shape = (chain.geometry.batch, chain.out_channels, chain.pixels)
+        return [
+            KernelStep(basis, "penni_basis_conv", constants, maps_shape),
+            KernelStep(self.csr_recombine(plan), "penni_csr_recombine",
+                       [csr.indptr.astype(np.int32), csr.indices.astype(np.int32), csr.data.astype(np.float32)],
+                       out_shape, takes_epilogue=True),
+        ]

@@ -7,13 +7,13 @@ from .fuse_conv_epilogues import FuseConvEpilogues
 from .lower_conv_composites import LowerConvComposites
 
 __all__ = [
-    "FoldWeightExpressions",
-    "FoldBatchNorm",
     "FactorLowRankConv",
+    "FoldBatchNorm",
+    "FoldWeightExpressions",
     "FuseConvEpilogues",
     "LowerConvComposites",
 ]
 
-from .pipeline import PIPELINES, PipelineOptions, graph_passes, run_passes  # noqa: E402
+from .pipeline import PIPELINES, PipelineOptions, graph_passes, run_passes
 
 __all__ += ["PIPELINES", "PipelineOptions", "graph_passes", "run_passes"]

@@ -107,6 +107,37 @@ class PenniLayerPlan:
     def n_maps(self) -> int:
         return len(self.map_channels)
 
+    def coef_first(self) -> CoefFirstPlan | None:
+        """The coefficient-first form of this layer, or None when its basis kernels are not shared by
+        all input channels (that order needs ``B[r]`` independent of the channel)."""
+        g = self.chain.geometry
+        cin, d = g.in_channels, self.num_bases
+        kernels = self.chain.basis_weight.reshape(cin, d, g.kernel_h, g.kernel_w)
+        if not np.array_equal(kernels, np.broadcast_to(kernels[:1], kernels.shape)):
+            return None
+        # A[o·d + r, i] = C[o, i, r]; keep the (o, r) rows some coefficient uses.
+        coefs = self.chain.weight.reshape(-1, cin, d).transpose(0, 2, 1).reshape(-1, cin)
+        used = np.flatnonzero(np.any(coefs != 0, axis=1))
+        csr = scipy.sparse.csr_matrix(coefs[used].astype(np.float32))
+        csr.sort_indices()
+        counts = np.bincount(used // d, minlength=self.chain.out_channels)
+        row_ptr = np.concatenate([[0], np.cumsum(counts)]).astype(np.int32)
+        return CoefFirstPlan(csr, row_ptr, np.ascontiguousarray(kernels[0][used % d]))
+
+
+@dataclass(frozen=True, eq=False)
+class CoefFirstPlan:
+    """Coefficient-first order: ``U = mix @ X`` over the used (o, r) rows, then each output sums the
+    convolutions of its rows ``row_ptr[o]:row_ptr[o+1]`` with ``row_weights``."""
+
+    mix: scipy.sparse.csr_matrix  # (n_rows, Cin)
+    row_ptr: np.ndarray  # (Cout + 1,) int32
+    row_weights: np.ndarray  # (n_rows, kh, kw)
+
+    @property
+    def n_rows(self) -> int:
+        return self.mix.shape[0]
+
 
 def plan_penni_layer(chain: ConvChain) -> PenniLayerPlan:
     """Keep only the maps some coefficient uses and store the coefficients as CSR over them."""

@@ -26,8 +26,9 @@ def _composite_calls_in_order(mod: tvm.IRModule) -> list[relax.Function]:
     return funcs
 
 
-def describe_conv_layers(mod: tvm.IRModule) -> list[dict]:
-    """One JSON-able dict per conv chain of ``main``, in execution order."""
+def describe_conv_layers(mod: tvm.IRModule, chooser=None) -> list[dict]:
+    """One JSON-able dict per conv chain of ``main``, in execution order; with the ``chooser`` the
+    build uses, each layer also says how it is computed and why (cost model, tuned, ...)."""
     layers = []
     for index, func in enumerate(_composite_calls_in_order(mod)):
         chain = read_conv_chain(func)
@@ -47,20 +48,39 @@ def describe_conv_layers(mod: tvm.IRModule) -> list[dict]:
         if chain.kind == PENNI_COMPOSITE:
             plan = plan_penni_layer(chain)
             nnz = plan.coefs.nnz
+            kernels = "basis_conv + csr_recombine" if nnz else "epilogue only (all coefficients zero)"
+            macs_compiled = pixels * (plan.n_maps * taps + nnz)
+            if chooser is not None and nnz:
+                config = chooser.penni(plan)
+                coef_first = plan.coef_first() if config.order == "coef_first" else None
+                if coef_first is not None:
+                    macs_compiled = g.height * g.width * nnz + pixels * coef_first.n_rows * taps
+                kernels = f"{config.describe()} ({_source(chooser, plan=plan)})"
             entry.update(
                 kind="penni", bases=plan.num_bases,
                 coef_density=nnz / max(1, cout * g.in_channels * plan.num_bases),
                 maps_computed=plan.n_maps, maps_total=g.in_channels * plan.num_bases,
                 macs_dense=pixels * cout * g.in_channels * taps,
-                macs_compiled=pixels * (plan.n_maps * taps + nnz),
-                kernels=("basis_conv + csr_recombine" if nnz else "epilogue only (all coefficients zero)")
-                + chain.epilogue.describe())
+                macs_compiled=macs_compiled, kernels=kernels + chain.epilogue.describe())
         else:
             macs = pixels * cout * g.in_channels * taps
+            kernels = "dense_conv"
+            if chooser is not None:
+                impl = chooser.dense(chain)
+                kernels = "dense_conv" if impl == "hand" else "TVM conv2d, MetaSchedule"
+                kernels += f" ({_source(chooser, chain=chain)})"
             entry.update(kind="dense", bases=None, coef_density=1.0, maps_computed=None, maps_total=None,
-                         macs_dense=macs, macs_compiled=macs, kernels="dense_conv" + chain.epilogue.describe())
+                         macs_dense=macs, macs_compiled=macs, kernels=kernels + chain.epilogue.describe())
         layers.append(entry)
     return layers
+
+
+def _source(chooser, plan=None, chain=None) -> str:
+    from ..tuning.workload import dense_workload_key, penni_workload_key
+
+    key = penni_workload_key(plan) if plan is not None else dense_workload_key(chain)
+    note = chooser.log.get(key, {})
+    return note.get("source", "?") + (f" {note['ms']:.3f} ms" if "ms" in note else "")
 
 
 def format_layer_table(layers: list[dict]) -> str:

@@ -42,14 +42,29 @@ class Target(abc.ABC):
         """JSON-able facts recorded in the artifact manifest (kind, cpu, triple, ...)."""
 
     @abc.abstractmethod
-    def lowering_passes(self) -> list[tvm.transform.Pass]:
-        """Passes from the rewritten graph to a module ready for ``tvm.compile``: kernel lowering,
-        legalization, schedules, VM lowering."""
+    def lowering_passes(self, chooser=None, metaschedule_dir: str | None = None) -> list[tvm.transform.Pass]:
+        """Passes from the rewritten graph to a module ready for ``tvm.compile``: kernel lowering
+        (each layer as ``chooser`` decides), legalization, schedules (tuned ones from
+        ``metaschedule_dir`` first), VM lowering."""
 
-    def build(self, mod: tvm.IRModule) -> tvm.relax.Executable:
+    def default_chooser(self):
+        """How layers are computed without a tuning database."""
+        from ..tuning.chooser import FixedChooser
+
+        return FixedChooser()
+
+    def tuning_key(self) -> str:
+        """The machine kind tuning results are valid for."""
+        from ..errors import TargetError
+
+        raise TargetError(f"tuning is not supported for --target {self.name}; tune with --target x86")
+
+    def build(self, mod: tvm.IRModule, chooser=None, metaschedule_dir: str | None = None) -> tvm.relax.Executable:
         """Lower ``mod`` with this target's passes and build it."""
+        chooser = chooser or self.default_chooser()
         with self.tvm_target:
-            mod = tvm.transform.Sequential(self.lowering_passes(), name=f"{self.name}_lowering")(mod)
+            mod = tvm.transform.Sequential(self.lowering_passes(chooser, metaschedule_dir),
+                                           name=f"{self.name}_lowering")(mod)
         executable = tvm.compile(mod, target=self.tvm_target, relax_pipeline=None)
         self.check_build(executable)
         return executable

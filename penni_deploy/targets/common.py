@@ -15,7 +15,23 @@ from tvm import relax
 from ..kernels.library import KernelLibrary
 
 
-def lowering_passes(kernels: KernelLibrary, schedule: tvm.transform.Pass,
+def pre_schedule_passes(kernels: KernelLibrary, chooser=None) -> list[tvm.transform.Pass]:
+    """Kernel lowering, legalization and fusion: the module whose unscheduled PrimFuncs are what
+    the schedule step (or MetaSchedule task extraction) sees."""
+    from ..passes import LowerConvComposites
+
+    return [
+        LowerConvComposites(kernels, chooser),
+        relax.transform.LegalizeOps(),
+        relax.transform.AnnotateTIROpPattern(),
+        relax.transform.FoldConstant(),
+        relax.transform.FuseOps(),
+        relax.transform.FuseTIR(),
+    ]
+
+
+def lowering_passes(kernels: KernelLibrary, schedule: tvm.transform.Pass, chooser=None,
+                    metaschedule_dir: str | None = None,
                     after_memory_planning: Sequence[tvm.transform.Pass] = ()) -> list[tvm.transform.Pass]:
     """The shared lowering list.
 
@@ -25,18 +41,18 @@ def lowering_passes(kernels: KernelLibrary, schedule: tvm.transform.Pass,
         Generators for the PENNI and dense conv kernels.
     schedule : tvm.transform.Pass
         Schedules the legalized ops that are not our kernels (pooling, Linear, adds, ...).
+    chooser : KernelChooser, optional
+        How each layer is computed (``penni_deploy.tuning.chooser``).
+    metaschedule_dir : str, optional
+        A MetaSchedule database folder: functions it has records for get the tuned schedule
+        first; ``schedule`` handles the rest.
     after_memory_planning : sequence of Pass
         Target extras right after static memory planning (e.g. CUDA graph capture).
     """
-    from ..passes import LowerConvComposites
-
+    if metaschedule_dir:
+        schedule = tvm.transform.Sequential([relax.transform.MetaScheduleApplyDatabase(metaschedule_dir), schedule])
     return [
-        LowerConvComposites(kernels),
-        relax.transform.LegalizeOps(),
-        relax.transform.AnnotateTIROpPattern(),
-        relax.transform.FoldConstant(),
-        relax.transform.FuseOps(),
-        relax.transform.FuseTIR(),
+        *pre_schedule_passes(kernels, chooser),
         schedule,
         relax.transform.RewriteDataflowReshape(),
         relax.transform.ToNonDataflow(),

@@ -156,9 +156,10 @@ def calls_of(func: relax.Function, op_name: str) -> list[relax.Call]:
 
 
 def penni_layer(cin: int = 8, cout: int = 8, *, density: float, seed: int, num_bases: int = 5,
-                stride: int = 1, padding: int = 1, bias: bool = False) -> PenniConv2d:
+                stride: int = 1, padding: int = 1, dilation: int = 1, bias: bool = False) -> PenniConv2d:
     """A 3×3 PenniConv2d in two-stage form with seeded random weights at coefficient ``density``."""
-    layer = PenniConv2d(cin, cout, 3, stride=stride, padding=padding, num_bases=num_bases, bias=bias)
+    layer = PenniConv2d(cin, cout, 3, stride=stride, padding=padding, dilation=dilation, num_bases=num_bases,
+                        bias=bias)
     return randomize_penni_weights_(layer, density, seed)
 
 

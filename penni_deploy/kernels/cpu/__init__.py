@@ -2,10 +2,24 @@
 
 from __future__ import annotations
 
-from ..library import KernelLibrary
+import numpy as np
+
+from ..config import DEFAULT_CONFIG, KernelConfig
+from ..epilogue import Epilogue
+from ..library import KernelLibrary, KernelStep
 from .basis_conv import basis_conv_kernel
-from .csr_recombine import csr_recombine_kernel
+from .basis_sum_conv import basis_sum_conv_kernel
+from .csr_recombine import (
+    csr_recombine_kernel,
+    ell_arrays,
+    ell_recombine_kernel,
+    unrolled_recombine_kernel,
+)
 from .dense_conv import dense_conv_kernel, needs_im2col
+from .fused_layer import fused_penni_kernel
+
+#: Beyond this many nonzeros a pattern-specialized kernel takes too long to compile for its gain.
+MAX_UNROLLED_NNZ = 24_000
 
 
 class CpuKernels(KernelLibrary):
@@ -13,8 +27,9 @@ class CpuKernels(KernelLibrary):
 
     name = "cpu"
 
-    def __init__(self, lanes: int):
+    def __init__(self, lanes: int, threads: int = 1):
         self.lanes = lanes
+        self.threads = threads
 
     def basis_conv(self, plan):
         g = plan.chain.geometry
@@ -29,5 +44,68 @@ class CpuKernels(KernelLibrary):
     def dense_conv(self, chain):
         return dense_conv_kernel(chain.geometry, chain.out_channels, chain.epilogue, lanes=self.lanes)
 
+    def supports(self, config: KernelConfig) -> bool:
+        return True
 
-__all__ = ["CpuKernels", "basis_conv_kernel", "csr_recombine_kernel", "dense_conv_kernel", "needs_im2col"]
+    def penni_layer(self, plan, config: KernelConfig = DEFAULT_CONFIG) -> list[KernelStep]:
+        chain = plan.chain
+        g = chain.geometry
+        out_shape = (g.batch, chain.out_channels, chain.pixels)
+        if config.order == "coef_first":
+            coef_first = plan.coef_first()
+            if coef_first is None:
+                raise ValueError("coef_first needs basis kernels shared by all input channels")
+            mixed_shape = (g.batch, coef_first.n_rows, g.height * g.width)
+            mix = self._recombine(coef_first.mix, g.batch, g.in_channels, g.height * g.width, Epilogue(), config,
+                                  "penni_coef_mix", mixed_shape, takes_epilogue=False)
+            mix = KernelStep(mix.func, mix.name, mix.constants, mix.out_shape,
+                             in_shape=(g.batch, g.in_channels, g.height * g.width))
+            conv = basis_sum_conv_kernel(g, coef_first.n_rows, chain.out_channels, chain.epilogue, lanes=self.lanes)
+            return [mix, KernelStep(conv, "penni_basis_sum_conv", [coef_first.row_ptr, coef_first.row_weights],
+                                    out_shape, takes_epilogue=True)]
+        csr = plan.coefs
+        csr_arrays = [csr.indptr.astype(np.int32), csr.indices.astype(np.int32), csr.data.astype(np.float32)]
+        basis_constants = [plan.channels, plan.map_ptr, plan.map_weights]
+        if config.fused:
+            kernel = fused_penni_kernel(g, plan.n_maps, len(plan.channels), chain.out_channels, csr.nnz,
+                                        chain.epilogue, lanes=self.lanes, block=config.block,
+                                        tile_rows=config.tile_rows)
+            return [KernelStep(kernel, "penni_fused_layer", basis_constants + csr_arrays, out_shape,
+                               takes_epilogue=True)]
+        basis = basis_conv_kernel(g, plan.n_maps, len(plan.channels), lanes=self.lanes)
+        maps_shape = (g.batch, plan.n_maps, chain.pixels)
+        return [KernelStep(basis, "penni_basis_conv", basis_constants, maps_shape),
+                self._recombine(csr, g.batch, plan.n_maps, chain.pixels, chain.epilogue, config,
+                                f"penni_{config.format}_recombine", out_shape, takes_epilogue=True)]
+
+    def _recombine(self, csr, batch, n_inputs, pixels, epilogue, config, name, out_shape, *, takes_epilogue):
+        """``out = epilogue(csr @ input)`` in the config's format."""
+        rows = csr.shape[0]
+        fmt = config.format
+        if fmt == "unrolled" and csr.nnz > MAX_UNROLLED_NNZ:
+            fmt = "csr"
+        if fmt == "unrolled":
+            kernel = unrolled_recombine_kernel(batch, n_inputs, pixels, csr, epilogue, lanes=self.lanes,
+                                               block=config.block, row_chunks=self.threads)
+            return KernelStep(kernel, name, [csr.data.astype(np.float32)], out_shape, takes_epilogue=takes_epilogue)
+        if fmt == "ell":
+            indices, data, width = ell_arrays(csr)
+            kernel = ell_recombine_kernel(batch, n_inputs, pixels, rows, width, epilogue, lanes=self.lanes,
+                                          block=config.block)
+            return KernelStep(kernel, name, [indices, data], out_shape, takes_epilogue=takes_epilogue)
+        arrays = [csr.indptr.astype(np.int32), csr.indices.astype(np.int32), csr.data.astype(np.float32)]
+        if config.balance:
+            arrays.append(np.argsort(-np.diff(csr.indptr), kind="stable").astype(np.int32))
+        kernel = csr_recombine_kernel(batch, n_inputs, pixels, rows, max(csr.nnz, 1), epilogue, lanes=self.lanes,
+                                      block=config.block, balanced=config.balance)
+        return KernelStep(kernel, name, arrays, out_shape, takes_epilogue=takes_epilogue)
+
+
+__all__ = [
+    "MAX_UNROLLED_NNZ",
+    "CpuKernels",
+    "basis_conv_kernel",
+    "csr_recombine_kernel",
+    "dense_conv_kernel",
+    "needs_im2col",
+]

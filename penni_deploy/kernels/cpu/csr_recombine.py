@@ -1,24 +1,36 @@
-"""Stage 2 of a PENNI layer on CPUs: sparse recombination ``Y = epilogue(C_csr @ M)``.
+"""Stage 2 of a PENNI layer on CPUs: sparse recombination ``Y = epilogue(C @ M)``.
 
-``C`` is the layer's coefficient matrix (Cout × n_maps, CSR, known at compile time) and ``M`` the
-basis maps from stage 1. Each task owns one output channel and a block of pixels; its block stays in
-vector registers while the row's nonzeros stream the matching map rows through it, so each
-coefficient costs one load and one FMA per vector. Empty rows produce just the epilogue.
+``C`` is the layer's coefficient matrix (Cout × n_maps, known at compile time) and ``M`` the basis
+maps from stage 1. Each task owns one output channel and streams its nonzeros' map rows through a
+block of pixels held in vector registers, so each coefficient costs one load and one FMA per vector.
+Empty rows produce just the epilogue. Three storage formats of ``C`` (``KernelConfig.format``):
+
+- ``csr``: loop bounds read from ``indptr`` at run time;
+- ``ell``: every row padded with zero coefficients to the longest row: fixed trip counts that LLVM
+  can unroll, paid for with the padding's extra FMAs;
+- ``unrolled``: no index arrays at all: the code is specialized to the sparsity pattern (each
+  row's map indices are immediates; only the values are read, from a dense ``data`` array), and
+  tasks run over pixel blocks and row chunks.
+
+The coefficient-first order reuses this kernel with ``M`` = the layer input and no epilogue.
 """
 
 from __future__ import annotations
 
+import numpy as np
+import scipy.sparse
 from tvm import tirx
 from tvm.script.ir_builder import IRBuilder
 from tvm.script.ir_builder import tirx as T
 
 from ..epilogue import Epilogue, apply_epilogue
-from ..signatures import csr_recombine_args
-from ..tir_helpers import F32, KERNEL_ATTRS, pick_block, static_blocks
+from ..signatures import csr_recombine_args, epilogue_args
+from ..tir_helpers import F32, I32, KERNEL_ATTRS, pick_block, static_blocks
 
 
 def csr_recombine_kernel(batch: int, n_maps: int, pixels: int, out_channels: int, nnz: int,
-                         epilogue: Epilogue, *, lanes: int = 16) -> tirx.PrimFunc:
+                         epilogue: Epilogue, *, lanes: int = 16, block: int = 4,
+                         balanced: bool = False) -> tirx.PrimFunc:
     """Generate the CSR recombination PrimFunc for one layer.
 
     Parameters
@@ -30,26 +42,40 @@ def csr_recombine_kernel(batch: int, n_maps: int, pixels: int, out_channels: int
     epilogue : Epilogue
         Which of bias, residual and ReLU to fuse.
     lanes : int
-        float32 lanes per vector register; pixels are processed in blocks of ``4 * lanes``.
+        float32 lanes per vector register.
+    block : int
+        Pixels per step, in vector registers.
+    balanced : bool
+        Take an extra ``row_order (Cout,) int32`` argument (before the epilogue's) giving the order
+        in which tasks visit the rows, longest first.
 
     Returns
     -------
     tvm.tirx.PrimFunc
-        ``f(M, indptr, indices, data, [bias], [residual], Y)``.
+        ``f(M, indptr, indices, data, [row_order], [bias], [residual], Y)``.
     """
-    block = pick_block(pixels, 4 * lanes)
+    pixel_block = pick_block(pixels, block * lanes)
     with IRBuilder() as ib:
         with T.prim_func():
             T.func_name("penni_csr_recombine")
             T.func_attr(KERNEL_ATTRS)
-            M, indptr, indices, data, bias, residual, Y = csr_recombine_args(
-                batch, n_maps, pixels, out_channels, nnz, epilogue)
+            if not balanced:
+                M, indptr, indices, data, bias, residual, Y = csr_recombine_args(
+                    batch, n_maps, pixels, out_channels, nnz, epilogue)
+                order = None
+            else:
+                M = T.arg("M", T.Buffer((batch, n_maps, pixels), F32))
+                indptr = T.arg("indptr", T.Buffer((out_channels + 1,), I32))
+                indices = T.arg("indices", T.Buffer((nnz,), I32))
+                data = T.arg("data", T.Buffer((nnz,), F32))
+                order = T.arg("row_order", T.Buffer((out_channels,), I32))
+                bias, residual, Y = epilogue_args(epilogue, batch, out_channels, pixels)
 
             with T.parallel(0, batch * out_channels) as task:
                 n = task // out_channels
-                o = task % out_channels
+                o = task % out_channels if order is None else order[task % out_channels]
 
-                def pixel_block(p0, size):
+                def one_block(p0, size):
                     acc = T.alloc_buffer((size,), F32, scope="local")
                     with T.vectorized(0, size) as v:
                         T.buffer_store(acc, T.float32(0), [v])
@@ -59,5 +85,128 @@ def csr_recombine_kernel(batch: int, n_maps: int, pixels: int, out_channels: int
                     with T.vectorized(0, size) as v:
                         T.buffer_store(Y, apply_epilogue(epilogue, acc[v], bias, residual, n, o, p0 + v), [n, o, p0 + v])
 
-                static_blocks(pixels, block, pixel_block)
+                static_blocks(pixels, pixel_block, one_block)
     return ib.get()
+
+
+def ell_arrays(csr: scipy.sparse.csr_matrix) -> tuple[np.ndarray, np.ndarray, int]:
+    """``csr`` as ELL: ``(indices, data)`` of shape ``(rows * width,)``, rows padded with zeros
+    (index 0, value 0) to ``width`` = the longest row (at least 1)."""
+    lengths = np.diff(csr.indptr)
+    width = max(1, int(lengths.max(initial=0)))
+    rows = csr.shape[0]
+    indices = np.zeros((rows, width), np.int32)
+    data = np.zeros((rows, width), np.float32)
+    for row in range(rows):
+        start, end = csr.indptr[row], csr.indptr[row + 1]
+        indices[row, : end - start] = csr.indices[start:end]
+        data[row, : end - start] = csr.data[start:end]
+    return indices.reshape(-1), data.reshape(-1), width
+
+
+def ell_recombine_kernel(batch: int, n_maps: int, pixels: int, out_channels: int, width: int,
+                         epilogue: Epilogue, *, lanes: int = 16, block: int = 4) -> tirx.PrimFunc:
+    """The recombination with ``C`` in ELL form: ``f(M, ell_indices, ell_data, [bias], [residual], Y)``
+    with ``(out_channels * width,)`` index and value arrays (see ``ell_arrays``)."""
+    pixel_block = pick_block(pixels, block * lanes)
+    with IRBuilder() as ib:
+        with T.prim_func():
+            T.func_name("penni_ell_recombine")
+            T.func_attr(KERNEL_ATTRS)
+            M = T.arg("M", T.Buffer((batch, n_maps, pixels), F32))
+            indices = T.arg("ell_indices", T.Buffer((out_channels * width,), I32))
+            data = T.arg("ell_data", T.Buffer((out_channels * width,), F32))
+            bias, residual, Y = epilogue_args(epilogue, batch, out_channels, pixels)
+
+            with T.parallel(0, batch * out_channels) as task:
+                n = task // out_channels
+                o = task % out_channels
+
+                def one_block(p0, size):
+                    acc = T.alloc_buffer((size,), F32, scope="local")
+                    with T.vectorized(0, size) as v:
+                        T.buffer_store(acc, T.float32(0), [v])
+                    loop = T.unroll if width <= 8 else T.serial
+                    with loop(0, width) as j:
+                        k = o * width + j
+                        with T.vectorized(0, size) as v:
+                            T.buffer_store(acc, acc[v] + data[k] * M[n, indices[k], p0 + v], [v])
+                    with T.vectorized(0, size) as v:
+                        T.buffer_store(Y, apply_epilogue(epilogue, acc[v], bias, residual, n, o, p0 + v), [n, o, p0 + v])
+
+                static_blocks(pixels, pixel_block, one_block)
+    return ib.get()
+
+
+def _chunks(lengths: np.ndarray, count: int) -> list[list[int]]:
+    """Split rows into ``count`` chunks of about equal nonzeros, keeping channel order."""
+    target = max(1.0, lengths.sum() / count)
+    chunks, current, filled = [], [], 0.0
+    for row, length in enumerate(lengths):
+        current.append(row)
+        filled += length + 1  # +1: every row costs its epilogue
+        if filled >= target * (len(chunks) + 1) and len(chunks) < count - 1:
+            chunks.append(current)
+            current = []
+    chunks.append(current)
+    return [c for c in chunks if c]
+
+
+def _sum(terms: list) -> object:
+    """Balanced sum: a shallow expression tree gives LLVM independent FMAs to interleave."""
+    while len(terms) > 1:
+        terms = [terms[i] + terms[i + 1] if i + 1 < len(terms) else terms[i] for i in range(0, len(terms), 2)]
+    return terms[0]
+
+
+def unrolled_recombine_kernel(batch: int, n_maps: int, pixels: int, csr: scipy.sparse.csr_matrix,
+                              epilogue: Epilogue, *, lanes: int = 16, block: int = 4,
+                              row_chunks: int = 2) -> tirx.PrimFunc:
+    """The recombination specialized to one sparsity pattern: ``f(M, data, [bias], [residual], Y)``
+    with ``data`` the CSR values of ``csr``.
+
+    Tasks are (image, pixel block, row chunk); ``row_chunks`` splits the rows into groups of equal
+    work so that small images still give every thread a task. Code size grows with nnz.
+    """
+    out_channels = csr.shape[0]
+    pixel_block = pick_block(pixels, block * lanes)
+    n_blocks = -(-pixels // pixel_block)
+    chunks = _chunks(np.diff(csr.indptr), row_chunks)
+    with IRBuilder() as ib:
+        with T.prim_func():
+            T.func_name("penni_unrolled_recombine")
+            T.func_attr(KERNEL_ATTRS)
+            M = T.arg("M", T.Buffer((batch, n_maps, pixels), F32))
+            data = T.arg("data", T.Buffer((max(csr.nnz, 1),), F32))
+            bias, residual, Y = epilogue_args(epilogue, batch, out_channels, pixels)
+            with T.parallel(0, batch * n_blocks * len(chunks)) as task:
+                n = task // (n_blocks * len(chunks))
+                b = task // len(chunks) % n_blocks
+                chunk = task % len(chunks)
+                for k, rows in enumerate(chunks):
+                    with T.If(chunk == k):
+                        with T.Then():
+                            _unrolled_rows(M, data, Y, bias, residual, epilogue, csr, rows, n, b, pixel_block,
+                                           pixels)
+    return ib.get()
+
+
+def _unrolled_rows(M, data, Y, bias, residual, epilogue, csr, rows, n, b, pixel_block, pixels):
+    full, tail = divmod(pixels, pixel_block)
+
+    def emit(p0, size):
+        for o in rows:
+            start, end = csr.indptr[o], csr.indptr[o + 1]
+            with T.vectorized(0, size) as v:
+                terms = [data[j] * M[n, int(csr.indices[j]), p0 + v] for j in range(start, end)]
+                value = _sum(terms) if terms else T.float32(0)
+                T.buffer_store(Y, apply_epilogue(epilogue, value, bias, residual, n, o, p0 + v), [n, o, p0 + v])
+
+    if not tail:
+        emit(b * pixel_block, pixel_block)
+        return
+    with T.If(b < full):
+        with T.Then():
+            emit(b * pixel_block, pixel_block)
+        with T.Else():
+            emit(full * pixel_block, tail)

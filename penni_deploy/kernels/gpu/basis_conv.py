@@ -34,22 +34,21 @@ def basis_conv_gpu_kernel(geom: ConvGeometry, n_maps: int, *, on_gpu: bool = Tru
     g = geom
     ho, wo = g.out_height, g.out_width
     grid = TileGrid(g.batch, n_maps, ho * wo, max_threads)
-    with IRBuilder() as ib:
-        with T.prim_func():
-            T.func_name("penni_basis_conv")
-            T.func_attr(KERNEL_ATTRS)
-            X = T.arg("X", T.Buffer((g.batch, g.in_channels, g.height, g.width), F32))
-            map_channels = T.arg("map_channels", T.Buffer((n_maps,), I32))
-            weights = T.arg("weights", T.Buffer((n_maps, g.kernel_h, g.kernel_w), F32))
-            M = T.arg("M", T.Buffer((g.batch, n_maps, ho * wo), F32))
-            with tile_indices(grid, on_gpu) as (n, m, p):
-                y, x = p // wo, p % wo
-                i = map_channels[m]
-                acc = None
-                for ky in range(g.kernel_h):
-                    for kx in range(g.kernel_w):
-                        value = padded_tap(X, g, n, i, y, x, ky, kx)
-                        term = value * weights[m, ky, kx]
-                        acc = term if acc is None else acc + term
-                T.buffer_store(M, acc, [n, m, p])
+    with IRBuilder() as ib, T.prim_func():
+        T.func_name("penni_basis_conv")
+        T.func_attr(KERNEL_ATTRS)
+        X = T.arg("X", T.Buffer((g.batch, g.in_channels, g.height, g.width), F32))
+        map_channels = T.arg("map_channels", T.Buffer((n_maps,), I32))
+        weights = T.arg("weights", T.Buffer((n_maps, g.kernel_h, g.kernel_w), F32))
+        M = T.arg("M", T.Buffer((g.batch, n_maps, ho * wo), F32))
+        with tile_indices(grid, on_gpu) as (n, m, p):
+            y, x = p // wo, p % wo
+            i = map_channels[m]
+            acc = None
+            for ky in range(g.kernel_h):
+                for kx in range(g.kernel_w):
+                    value = padded_tap(X, g, n, i, y, x, ky, kx)
+                    term = value * weights[m, ky, kx]
+                    acc = term if acc is None else acc + term
+            T.buffer_store(M, acc, [n, m, p])
     return ib.get()

@@ -52,19 +52,20 @@ class CudaTarget(Target):
         return {"name": self.name, "device": self.device, "sass": list(self.sass), "ptx": self.ptx,
                 "nvcc": nvcc_version(self._nvcc), "tvm_target": str(self._tvm_target)}
 
-    def lowering_passes(self) -> list[tvm.transform.Pass]:
+    def lowering_passes(self, chooser=None, metaschedule_dir: str | None = None) -> list[tvm.transform.Pass]:
         from tvm import relax
         from tvm.s_tir import dlight
 
         schedule = dlight.ApplyDefaultSchedule(
             dlight.gpu.Matmul(), dlight.gpu.GEMV(), dlight.gpu.Reduction(), dlight.gpu.GeneralReduction(),
             dlight.gpu.Fallback())
-        return lowering_passes(self.kernels, schedule, after_memory_planning=[relax.transform.RewriteCUDAGraph()])
+        return lowering_passes(self.kernels, schedule, chooser, metaschedule_dir,
+                               after_memory_planning=[relax.transform.RewriteCUDAGraph()])
 
-    def build(self, mod: tvm.IRModule) -> tvm.relax.Executable:
+    def build(self, mod: tvm.IRModule, chooser=None, metaschedule_dir: str | None = None) -> tvm.relax.Executable:
         ensure_cuda_codegen_runtime()
         with fatbin_compiler(self.sass, self.ptx):
-            return super().build(mod)
+            return super().build(mod, chooser, metaschedule_dir)
 
     def check_build(self, executable: tvm.relax.Executable) -> None:
         # A wrong pipeline or a missing CUDA runtime gives a "successful" build without device code.

@@ -55,7 +55,7 @@ class X86Target(Target):
 
     @property
     def kernels(self) -> CpuKernels:
-        return CpuKernels(lanes=self._lanes)
+        return CpuKernels(lanes=self._lanes, threads=self.num_threads)
 
     @property
     def device(self) -> str:
@@ -65,5 +65,14 @@ class X86Target(Target):
         return {"name": self.name, "device": self.device, "mcpu": self.mcpu, "mtriple": X86_TRIPLE,
                 "isa": self.isa, "tvm_target": str(self._tvm_target)}
 
-    def lowering_passes(self) -> list[tvm.transform.Pass]:
-        return lowering_passes(self.kernels, ScheduleRemainingOps())
+    def lowering_passes(self, chooser=None, metaschedule_dir: str | None = None) -> list[tvm.transform.Pass]:
+        return lowering_passes(self.kernels, ScheduleRemainingOps(), chooser or self.default_chooser(),
+                               metaschedule_dir)
+
+    def default_chooser(self):
+        from ...tuning.chooser import CostModelChooser
+
+        return CostModelChooser(self._lanes, self.num_threads)
+
+    def tuning_key(self) -> str:
+        return f"x86-{self.mcpu}-{self.isa}-{self.num_threads}t"

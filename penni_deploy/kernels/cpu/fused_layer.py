@@ -1,0 +1,106 @@
+"""A whole basis-first PENNI layer in one CPU kernel, tiled over output rows.
+
+Each task takes one image and a tile of ``tile_rows`` output rows: it computes the used basis maps
+of just that tile into a per-thread buffer (``n_maps × tile pixels``, small enough for L1/L2), then
+recombines them with the CSR coefficients into the output tile with the epilogue. The full map
+tensor ``M`` (d× the input's channels) is never materialized: less memory, and the maps are read
+back while still in cache.
+"""
+
+from __future__ import annotations
+
+from tvm import tirx
+from tvm.script.ir_builder import IRBuilder
+from tvm.script.ir_builder import tirx as T
+
+from ..epilogue import Epilogue, apply_epilogue
+from ..geometry import ConvGeometry
+from ..signatures import epilogue_args
+from ..tir_helpers import F32, I32, KERNEL_ATTRS, pick_block, static_blocks
+
+
+def fused_tile_rows(out_height: int, preferred: int) -> int:
+    """Rows per tile: the largest divisor of the output height that is <= ``preferred`` (static tiles)."""
+    for rows in range(min(preferred, out_height), 0, -1):
+        if out_height % rows == 0:
+            return rows
+    return 1
+
+
+def fused_penni_kernel(geom: ConvGeometry, n_maps: int, n_channels: int, out_channels: int, nnz: int,
+                       epilogue: Epilogue, *, lanes: int = 16, block: int = 4, tile_rows: int = 4) -> tirx.PrimFunc:
+    """Generate the fused layer kernel.
+
+    Returns
+    -------
+    tvm.tirx.PrimFunc
+        ``f(X, channels, map_ptr, weights, indptr, indices, data, [bias], [residual], Y)``: the
+        basis-conv constants of ``basis_conv_kernel`` then the CSR coefficients over the maps.
+    """
+    g = geom
+    ho, wo = g.out_height, g.out_width
+    rows = fused_tile_rows(ho, tile_rows)
+    n_tiles = ho // rows
+    tile_pixels = rows * wo
+    (sh, sw), (dh, dw) = g.stride, g.dilation
+    top, left = g.padding[0], g.padding[1]
+    in_rows = (rows - 1) * sh + (g.kernel_h - 1) * dh + 1  # padded input rows one tile reads
+    wp = g.window_width
+    x_block = pick_block(wo, 2 * lanes)
+    pixel_block = pick_block(tile_pixels, block * lanes)
+
+    with IRBuilder() as ib:
+        with T.prim_func():
+            T.func_name("penni_fused_layer")
+            T.func_attr(KERNEL_ATTRS)
+            X = T.arg("X", T.Buffer((g.batch, g.in_channels, g.height, g.width), F32))
+            channels = T.arg("channels", T.Buffer((n_channels,), I32))
+            map_ptr = T.arg("map_ptr", T.Buffer((n_channels + 1,), I32))
+            weights = T.arg("weights", T.Buffer((n_maps, g.kernel_h, g.kernel_w), F32))
+            indptr = T.arg("indptr", T.Buffer((out_channels + 1,), I32))
+            indices = T.arg("indices", T.Buffer((nnz,), I32))
+            data = T.arg("data", T.Buffer((nnz,), F32))
+            bias, residual, Y = epilogue_args(epilogue, g.batch, out_channels, ho * wo)
+
+            with T.parallel(0, g.batch * n_tiles) as task:
+                n = task // n_tiles
+                y0 = task % n_tiles * rows
+                maps = T.alloc_buffer((n_maps, tile_pixels), F32)
+                padded = T.alloc_buffer((in_rows, wp), F32)
+                with T.serial(0, n_channels) as c:
+                    i = channels[c]
+                    with T.serial(0, in_rows) as yy:
+                        with T.vectorized(0, wp) as xx:
+                            sy, sx = y0 * sh + yy - top, xx - left
+                            inside = tirx.all(sy >= 0, sy < g.height, sx >= 0, sx < g.width)
+                            T.buffer_store(padded, tirx.if_then_else(inside, X[n, i, sy, sx], T.float32(0)), [yy, xx])
+                    with T.serial(map_ptr[c], map_ptr[c + 1]) as m:
+                        with T.serial(0, rows) as y:
+
+                            def row_block(x0, size, m=m, y=y):
+                                with T.vectorized(0, size) as v:
+                                    x = x0 + v
+                                    acc = None
+                                    for ky in range(g.kernel_h):
+                                        for kx in range(g.kernel_w):
+                                            term = padded[y * sh + ky * dh, x * sw + kx * dw] * weights[m, ky, kx]
+                                            acc = term if acc is None else acc + term
+                                    T.buffer_store(maps, acc, [m, y * wo + x])
+
+                            static_blocks(wo, x_block, row_block)
+
+                with T.serial(0, out_channels) as o:
+
+                    def one_block(p0, size, o=o):
+                        acc = T.alloc_buffer((size,), F32, scope="local")
+                        with T.vectorized(0, size) as v:
+                            T.buffer_store(acc, T.float32(0), [v])
+                        with T.serial(indptr[o], indptr[o + 1]) as j:
+                            with T.vectorized(0, size) as v:
+                                T.buffer_store(acc, acc[v] + data[j] * maps[indices[j], p0 + v], [v])
+                        with T.vectorized(0, size) as v:
+                            p = y0 * wo + p0 + v
+                            T.buffer_store(Y, apply_epilogue(epilogue, acc[v], bias, residual, n, o, p), [n, o, p])
+
+                    static_blocks(tile_pixels, pixel_block, one_block)
+    return ib.get()

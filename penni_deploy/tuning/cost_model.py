@@ -1,0 +1,109 @@
+"""An analytical cost model of the PENNI kernel configs, for builds without a tuning database.
+
+Costs are in vector operations (one FMA or load/store of ``lanes`` floats) and are relative: they
+only have to rank the configs of one layer. The terms follow what the kernels do:
+
+- basis-first: ``n_maps·k²`` FMAs per output pixel vector for the maps, ``nnz`` for the
+  recombination, plus writing and re-reading the map tensor (cheap while it fits in L2, which the
+  fused kernel guarantees by tiling);
+- coefficient-first: ``nnz`` FMAs per *input* pixel vector for the mix (4× the output pixels after a
+  stride-2 layer), then ``n_rows·k²`` per output pixel vector plus one zero-padded copy of each row;
+- per nonzero and pixel block, loop and index overhead that ELL and unrolled code mostly remove,
+  and that wider pixel blocks amortize;
+- idle threads when a kernel has fewer tasks than threads.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+from ..kernels.config import KernelConfig
+from ..passes.conv_chain import PenniLayerPlan
+
+#: Map bytes that stay cheap to write and re-read (roughly a core's L2).
+_CACHE_BYTES = 1 << 20
+#: Per-nonzero, per-pixel-block overhead (loop, index load, address math), in vector ops.
+_INDEX_OVERHEAD = {"csr": 1.5, "ell": 1.0, "unrolled": 0.25}
+#: Extra vector ops per element of an intermediate that spills out of cache.
+_SPILL = 1.0
+
+
+@dataclass(frozen=True)
+class Machine:
+    """What the cost model knows of the machine."""
+
+    lanes: int
+    threads: int
+
+
+def _vectors(pixels: int, lanes: int) -> int:
+    return math.ceil(pixels / lanes)
+
+
+def _parallel(cost: float, tasks: int, threads: int) -> float:
+    """Wall cost of ``cost`` work split over ``tasks`` equal tasks on ``threads`` threads."""
+    rounds = math.ceil(tasks / threads)
+    return cost / max(1, tasks) * rounds
+
+
+def _recombine(nnz: int, rows: int, width: int, pixels: int, cfg: KernelConfig, m: Machine) -> float:
+    vectors = _vectors(pixels, m.lanes)
+    blocks = math.ceil(pixels / (cfg.block * m.lanes))
+    stored = rows * width if cfg.format == "ell" else nnz
+    return stored * vectors + stored * blocks * _INDEX_OVERHEAD[cfg.format] + rows * vectors
+
+
+def estimate(plan: PenniLayerPlan, cfg: KernelConfig, m: Machine) -> float:
+    """Relative cost of running ``plan`` with ``cfg`` (lower is faster)."""
+    chain = plan.chain
+    g = chain.geometry
+    k2 = g.kernel_h * g.kernel_w
+    n, cout = g.batch, chain.out_channels
+    p_out, p_in = chain.pixels, g.height * g.width
+    csr = plan.coefs
+    width = int(max(1, (csr.indptr[1:] - csr.indptr[:-1]).max(initial=0)))
+    if cfg.order == "coef_first":
+        cf = plan.coef_first()
+        if cf is None:
+            return math.inf
+        cf_width = int(max(1, (cf.mix.indptr[1:] - cf.mix.indptr[:-1]).max(initial=0)))
+        mix = n * _recombine(cf.mix.nnz, cf.n_rows, cf_width, p_in, cfg, m)
+        pad = cf.n_rows * g.window_height * _vectors(g.window_width, m.lanes)
+        conv = cf.n_rows * (k2 * _vectors(p_out, m.lanes)) + pad + cout * _vectors(p_out, m.lanes)
+        spill = _SPILL * 2 * cf.n_rows * _vectors(p_in, m.lanes) if cf.n_rows * p_in * 4 * n > _CACHE_BYTES else 0
+        return (_parallel(mix, n * cf.n_rows, m.threads) + _parallel(n * conv + spill, n * cout, m.threads))
+    maps = plan.n_maps * k2 * _vectors(p_out, m.lanes)
+    pad = len(plan.channels) * g.window_height * _vectors(g.window_width, m.lanes)
+    recombine = _recombine(csr.nnz, cout, width, p_out, cfg, m)
+    if cfg.fused:
+        rows = _fused_rows(g.out_height, cfg.tile_rows)
+        tiles = g.out_height // rows
+        tile_pixels = rows * g.out_width
+        # every tile re-pads the (overlapping) input rows it reads
+        in_rows = (rows - 1) * g.stride[0] + (g.kernel_h - 1) * g.dilation[0] + 1
+        pad = len(plan.channels) * tiles * in_rows * _vectors(g.window_width, m.lanes)
+        recombine = tiles * _recombine(csr.nnz, cout, width, tile_pixels, cfg, m)
+        return _parallel(n * (maps + pad + recombine), n * tiles, m.threads)
+    spill = _SPILL * 2 * plan.n_maps * _vectors(p_out, m.lanes) if plan.n_maps * p_out * 4 * n > _CACHE_BYTES else 0
+    return (_parallel(n * (maps + pad) + spill, n * len(plan.channels), m.threads)
+            + _parallel(n * recombine, n * cout, m.threads))
+
+
+def _fused_rows(out_height: int, preferred: int) -> int:
+    from ..kernels.cpu.fused_layer import fused_tile_rows
+
+    return fused_tile_rows(out_height, preferred)
+
+
+def rank(plan: PenniLayerPlan, configs: list[KernelConfig], m: Machine) -> list[tuple[float, KernelConfig]]:
+    """``configs`` with their estimates, cheapest first (ties keep the given order)."""
+    scored = [(estimate(plan, c, m), i, c) for i, c in enumerate(configs)]
+    return [(cost, c) for cost, _, c in sorted(scored, key=lambda t: (t[0], t[1])) if math.isfinite(cost)]
+
+
+def choose(plan: PenniLayerPlan, m: Machine) -> KernelConfig:
+    """The config the cost model expects to be fastest, among the ones untuned builds use."""
+    from .space import default_candidates
+
+    return rank(plan, default_candidates(plan), m)[0][1]
