@@ -92,6 +92,8 @@ def compile(  # noqa: A001 - the command is called compile
     input_shape: InputShape = None,
     batch: Annotated[Optional[int], typer.Option(help="Compile for this batch size.")] = None,
     pipeline: Annotated[str, typer.Option(help="Graph pipeline: penni, or dense (no PENNI passes).")] = "penni",
+    tuning_db: Annotated[Optional[Path], typer.Option(help="Use the fastest kernels found by `penni-deploy tune` "
+                                                           "in this folder.")] = None,
     report: Annotated[bool, typer.Option("--report", help="Print the per-layer table.")] = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q")] = False,
 ) -> None:
@@ -100,13 +102,58 @@ def compile(  # noqa: A001 - the command is called compile
     from .passes.layer_report import format_layer_table
 
     model_arch, gpu_arch = _split_arch(arch)
-    options = CompileOptions(target=target, mcpu=mcpu, gpu_arch=gpu_arch, pipeline=pipeline)
+    options = CompileOptions(target=target, mcpu=mcpu, gpu_arch=gpu_arch, pipeline=pipeline,
+                             tuning_db=str(tuning_db) if tuning_db else None)
     progress = _Progress(quiet)
     manifest = compile_model(str(model), str(output), arch=model_arch, trust_pickle=trust_pickle,
                              input_shape=_shape(input_shape), batch=batch, options=options, progress=progress)
     if report:
         typer.echo(format_layer_table(manifest.layers))
     progress(f"wrote {output} ({manifest.library['bytes'] / 1e6:.1f} MB library)")
+
+
+@app.command()
+def tune(
+    model: Annotated[Path, typer.Argument(help="Model file, as for compile.")],
+    db: Annotated[Path, typer.Option("--db", help="Tuning database folder (created; reused and resumed if it "
+                                                  "exists).")],
+    target: Target = "x86",
+    mcpu: Mcpu = None,
+    arch: Arch = None,
+    trust_pickle: TrustPickle = False,
+    input_shape: InputShape = None,
+    batch: Annotated[Optional[int], typer.Option(help="Tune for this batch size.")] = None,
+    trials: Annotated[int, typer.Option(help="Kernel-config measurements for the PENNI layers, in all.")] = 200,
+    dense_trials: Annotated[int, typer.Option(help="MetaSchedule trials for the dense parts (0: skip).")] = 64,
+    rpc_tracker: Annotated[Optional[str], typer.Option(help="Measure on devices of this TVM RPC tracker, HOST:PORT.")]
+    = None,
+    rpc_key: Annotated[Optional[str], typer.Option(help="Device key registered with the RPC tracker.")] = None,
+) -> None:
+    """Measure each layer's kernel options on this machine (or over RPC) and store the fastest in --db.
+
+    Then: penni-deploy compile MODEL --tuning-db DB.
+    """
+    from .compiler import CompileOptions
+    from .frontend import load_model
+    from .tuning import TuneOptions, tune_loaded
+
+    if trials < 1 or dense_trials < 0:
+        raise InputSpecError("--trials must be >= 1 and --dense-trials >= 0")
+    model_arch, gpu_arch = _split_arch(arch)
+    target_obj = CompileOptions(target=target, mcpu=mcpu, gpu_arch=gpu_arch).make_target()
+    progress = _Progress()
+    progress(f"loading {model}")
+    loaded = load_model(str(model), arch=model_arch, trust_pickle=trust_pickle)
+    summary = tune_loaded(loaded, str(db), target_obj, input_shape=_shape(input_shape), batch=batch,
+                          options=TuneOptions(trials=trials, dense_trials=dense_trials, rpc_tracker=rpc_tracker,
+                                              rpc_key=rpc_key), progress=progress)
+    for layer in summary["layers"]:
+        best, untuned = layer["best_ms"], layer["cost_model_ms"]
+        gain = f"{untuned / best:.2f}× over the cost model's pick" if best and untuned else ""
+        typer.echo(f"{layer['layer']:<44} best {best or float('nan'):.4f} ms  {gain}")
+    typer.echo(f"{summary['measured']} measured, {summary['reused']} reused from {db}, {summary['failed']} failed; "
+               f"conv layers est. {summary['model_estimate_ms']:.3f} ms. "
+               f"Next: penni-deploy compile {model} --tuning-db {db}")
 
 
 @app.command()
@@ -174,15 +221,19 @@ def bench(
     device: Annotated[str, typer.Option(help="cpu, or cuda (needs a GPU; compile with --target cuda).")] = "cpu",
     json_out: Annotated[Optional[Path], typer.Option("--json", help="Also write the report as JSON.")] = None,
     plot: Annotated[Optional[Path], typer.Option(help="Also draw the latencies as a PNG (needs matplotlib).")] = None,
+    peers: Annotated[bool, typer.Option("--peers", help="Also measure torch.compile, onnxruntime, OpenVINO (f32, bf16) "
+                                                        "and DeepSparse (pip install 'penni-deploy[peers]'; "
+                                                        "bash scripts/setup_deepsparse.sh).")] = False,
 ) -> None:
-    """Compile MODEL and measure it against PyTorch eager (dense and two-stage) and plain TVM."""
+    """Compile MODEL and measure it against PyTorch eager (dense and two-stage) and plain TVM, and with
+    --peers against other inference engines; every engine in its own process, same threads."""
     from .bench import BenchOptions, format_bench_table, run_bench
     from .compiler import CompileOptions
 
     model_arch, gpu_arch = _split_arch(arch)
     options = BenchOptions(batches=_int_list(batch, "--batch"), threads=threads or os.cpu_count() or 1,
                            repeat=repeat, min_repeat=min(20, repeat), device=device,
-                           compile=CompileOptions(target=target, mcpu=mcpu, gpu_arch=gpu_arch))
+                           compile=CompileOptions(target=target, mcpu=mcpu, gpu_arch=gpu_arch), peers=peers)
     report = run_bench(str(model), arch=model_arch, trust_pickle=trust_pickle, input_shape=_shape(input_shape),
                        options=options, progress=_Progress())
     typer.echo(format_bench_table(report))
