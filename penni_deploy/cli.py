@@ -221,6 +221,8 @@ def bench(
     device: Annotated[str, typer.Option(help="cpu, or cuda (needs a GPU; compile with --target cuda).")] = "cpu",
     json_out: Annotated[Optional[Path], typer.Option("--json", help="Also write the report as JSON.")] = None,
     plot: Annotated[Optional[Path], typer.Option(help="Also draw the latencies as a PNG (needs matplotlib).")] = None,
+    tuning_db: Annotated[Optional[Path], typer.Option(help="Compile penni-deploy with this `tune` database.")]
+    = None,
     peers: Annotated[bool, typer.Option("--peers", help="Also measure torch.compile, onnxruntime, OpenVINO (f32, bf16) "
                                                         "and DeepSparse (pip install 'penni-deploy[peers]'; "
                                                         "bash scripts/setup_deepsparse.sh).")] = False,
@@ -233,7 +235,8 @@ def bench(
     model_arch, gpu_arch = _split_arch(arch)
     options = BenchOptions(batches=_int_list(batch, "--batch"), threads=threads or os.cpu_count() or 1,
                            repeat=repeat, min_repeat=min(20, repeat), device=device,
-                           compile=CompileOptions(target=target, mcpu=mcpu, gpu_arch=gpu_arch), peers=peers)
+                           compile=CompileOptions(target=target, mcpu=mcpu, gpu_arch=gpu_arch,
+                                                  tuning_db=str(tuning_db) if tuning_db else None), peers=peers)
     report = run_bench(str(model), arch=model_arch, trust_pickle=trust_pickle, input_shape=_shape(input_shape),
                        options=options, progress=_Progress())
     typer.echo(format_bench_table(report))

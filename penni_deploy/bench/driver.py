@@ -86,6 +86,11 @@ def run_bench(path: str, *, arch: str | None = None, trust_pickle: bool = False,
             progress(f"batch {batch}: compiling penni-deploy artifact")
             artifacts["penni-deploy"] = os.path.join(tmp, f"penni-b{batch}.penni")
             manifest = compile_loaded(loaded, artifacts["penni-deploy"], input_shape=shape, options=options.compile)
+            if options.compile.tuning_db:  # also the untuned build, to show what tuning gained
+                progress(f"batch {batch}: compiling penni-deploy without the tuning database (cost model)")
+                artifacts["penni-deploy-untuned"] = os.path.join(tmp, f"penni-untuned-b{batch}.penni")
+                compile_loaded(loaded, artifacts["penni-deploy-untuned"], input_shape=shape,
+                               options=replace(options.compile, tuning_db=None))
             progress(f"batch {batch}: compiling TVM without the PENNI passes")
             artifacts["tvm-dense"] = os.path.join(tmp, f"dense-b{batch}.penni")
             dense_options = replace(options.compile, pipeline="dense")

@@ -58,3 +58,16 @@ def padded_tap(X, g: ConvGeometry, n, channel, y, x, ky: int, kx: int):
     sx = x * g.stride[1] + kx * g.dilation[1] - g.padding[1]
     inside = tirx.all(sy >= 0, sy < g.height, sx >= 0, sx < g.width)
     return tirx.if_then_else(inside, X[n, channel, sy, sx], T.float32(0))
+
+
+def parallel_tasks(total: int, workers: int, scratch: Callable[[], tuple], body: Callable[..., None]) -> None:
+    """Run ``body(task, *buffers)`` for ``task`` in ``[0, total)`` in parallel, each task with the
+    scratch buffers ``scratch()`` allocates.
+
+    ``workers`` is the thread count the kernel is built for. (Slicing the tasks over one loop per
+    worker, with the scratch allocated once per worker, miscompiled in TVM 0.27: the results were
+    wrong whenever a worker ran more than one task; so each task allocates its own scratch.)
+    """
+    del workers
+    with T.parallel(0, total) as task:
+        body(task, *scratch())

@@ -25,8 +25,11 @@ from ..passes.conv_chain import PenniLayerPlan
 _CACHE_BYTES = 1 << 20
 #: Per-nonzero, per-pixel-block overhead (loop, index load, address math), in vector ops.
 _INDEX_OVERHEAD = {"csr": 1.5, "ell": 1.0, "unrolled": 0.25}
-#: Extra vector ops per element of an intermediate that spills out of cache.
+#: Extra vector ops per vector of an intermediate written and read back: in cache, and spilled.
+_TRAFFIC = 0.5
 _SPILL = 1.0
+#: Fixed cost of one parallel kernel launch (thread wake-up and join), in vector ops.
+_LAUNCH = 12000
 
 
 @dataclass(frozen=True)
@@ -71,8 +74,8 @@ def estimate(plan: PenniLayerPlan, cfg: KernelConfig, m: Machine) -> float:
         mix = n * _recombine(cf.mix.nnz, cf.n_rows, cf_width, p_in, cfg, m)
         pad = cf.n_rows * g.window_height * _vectors(g.window_width, m.lanes)
         conv = cf.n_rows * (k2 * _vectors(p_out, m.lanes)) + pad + cout * _vectors(p_out, m.lanes)
-        spill = _SPILL * 2 * cf.n_rows * _vectors(p_in, m.lanes) if cf.n_rows * p_in * 4 * n > _CACHE_BYTES else 0
-        return (_parallel(mix, n * cf.n_rows, m.threads) + _parallel(n * conv + spill, n * cout, m.threads))
+        return (_parallel(mix, n * cf.n_rows, m.threads) + _parallel(n * conv + _traffic(cf.n_rows, p_in, n, m),
+                                                                        n * cout, m.threads) + 2 * _LAUNCH)
     maps = plan.n_maps * k2 * _vectors(p_out, m.lanes)
     pad = len(plan.channels) * g.window_height * _vectors(g.window_width, m.lanes)
     recombine = _recombine(csr.nnz, cout, width, p_out, cfg, m)
@@ -84,10 +87,15 @@ def estimate(plan: PenniLayerPlan, cfg: KernelConfig, m: Machine) -> float:
         in_rows = (rows - 1) * g.stride[0] + (g.kernel_h - 1) * g.dilation[0] + 1
         pad = len(plan.channels) * tiles * in_rows * _vectors(g.window_width, m.lanes)
         recombine = tiles * _recombine(csr.nnz, cout, width, tile_pixels, cfg, m)
-        return _parallel(n * (maps + pad + recombine), n * tiles, m.threads)
-    spill = _SPILL * 2 * plan.n_maps * _vectors(p_out, m.lanes) if plan.n_maps * p_out * 4 * n > _CACHE_BYTES else 0
-    return (_parallel(n * (maps + pad) + spill, n * len(plan.channels), m.threads)
-            + _parallel(n * recombine, n * cout, m.threads))
+        return _parallel(n * (maps + pad + recombine), n * tiles, m.threads) + _LAUNCH
+    return (_parallel(n * (maps + pad) + _traffic(plan.n_maps, p_out, n, m), n * len(plan.channels), m.threads)
+            + _parallel(n * recombine, n * cout, m.threads) + 2 * _LAUNCH)
+
+
+def _traffic(rows: int, pixels: int, batch: int, m: Machine) -> float:
+    """Writing an intermediate of ``rows × pixels`` and reading it back."""
+    per_vector = _SPILL if rows * pixels * 4 * batch > _CACHE_BYTES else _TRAFFIC
+    return per_vector * 2 * rows * _vectors(pixels, m.lanes) * batch
 
 
 def _fused_rows(out_height: int, preferred: int) -> int:

@@ -30,10 +30,10 @@ def candidates(plan: PenniLayerPlan) -> list[KernelConfig]:
 
 def default_candidates(plan: PenniLayerPlan) -> list[KernelConfig]:
     """The few configs an untuned build chooses among by cost model."""
-    configs = [KernelConfig(format="csr", block=4), KernelConfig(format="unrolled", block=4),
-               KernelConfig(fused=True, block=4, tile_rows=4)]
-    if plan.coefs.nnz > MAX_UNROLLED_NNZ:
-        configs.remove(KernelConfig(format="unrolled", block=4))
+    out_height = plan.chain.out_shape[2]
+    configs = [KernelConfig(format="csr", block=4), KernelConfig(format="csr", block=1)]
+    configs += [KernelConfig(fused=True, block=b, tile_rows=t) for b, t in ((4, 8), (2, 4), (1, 2))
+                if t <= out_height and out_height % t == 0]
     if plan.coef_first() is not None:
         configs.append(KernelConfig(order="coef_first", format="csr", block=4))
     return configs

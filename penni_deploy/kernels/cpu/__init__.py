@@ -19,7 +19,7 @@ from .dense_conv import dense_conv_kernel, needs_im2col
 from .fused_layer import fused_penni_kernel
 
 #: Beyond this many nonzeros a pattern-specialized kernel takes too long to compile for its gain.
-MAX_UNROLLED_NNZ = 24_000
+MAX_UNROLLED_NNZ = 6_000
 
 
 class CpuKernels(KernelLibrary):
@@ -33,7 +33,7 @@ class CpuKernels(KernelLibrary):
 
     def basis_conv(self, plan):
         g = plan.chain.geometry
-        kernel = basis_conv_kernel(g, plan.n_maps, len(plan.channels), lanes=self.lanes)
+        kernel = basis_conv_kernel(g, plan.n_maps, len(plan.channels), lanes=self.lanes, threads=self.threads)
         return kernel, [plan.channels, plan.map_ptr, plan.map_weights]
 
     def csr_recombine(self, plan):
@@ -60,7 +60,8 @@ class CpuKernels(KernelLibrary):
                                   "penni_coef_mix", mixed_shape, takes_epilogue=False)
             mix = KernelStep(mix.func, mix.name, mix.constants, mix.out_shape,
                              in_shape=(g.batch, g.in_channels, g.height * g.width))
-            conv = basis_sum_conv_kernel(g, coef_first.n_rows, chain.out_channels, chain.epilogue, lanes=self.lanes)
+            conv = basis_sum_conv_kernel(g, coef_first.n_rows, chain.out_channels, chain.epilogue, lanes=self.lanes,
+                                         threads=self.threads)
             return [mix, KernelStep(conv, "penni_basis_sum_conv", [coef_first.row_ptr, coef_first.row_weights],
                                     out_shape, takes_epilogue=True)]
         csr = plan.coefs
@@ -69,10 +70,10 @@ class CpuKernels(KernelLibrary):
         if config.fused:
             kernel = fused_penni_kernel(g, plan.n_maps, len(plan.channels), chain.out_channels, csr.nnz,
                                         chain.epilogue, lanes=self.lanes, block=config.block,
-                                        tile_rows=config.tile_rows)
+                                        tile_rows=config.tile_rows, threads=self.threads)
             return [KernelStep(kernel, "penni_fused_layer", basis_constants + csr_arrays, out_shape,
                                takes_epilogue=True)]
-        basis = basis_conv_kernel(g, plan.n_maps, len(plan.channels), lanes=self.lanes)
+        basis = basis_conv_kernel(g, plan.n_maps, len(plan.channels), lanes=self.lanes, threads=self.threads)
         maps_shape = (g.batch, plan.n_maps, chain.pixels)
         return [KernelStep(basis, "penni_basis_conv", basis_constants, maps_shape),
                 self._recombine(csr, g.batch, plan.n_maps, chain.pixels, chain.epilogue, config,

@@ -16,10 +16,12 @@ from tvm.script.ir_builder import IRBuilder
 from tvm.script.ir_builder import tirx as T
 
 from ..geometry import ConvGeometry
-from ..tir_helpers import F32, I32, KERNEL_ATTRS, pick_block, static_blocks
+from ..tir_helpers import F32, I32, KERNEL_ATTRS, parallel_tasks
+from .basis_rows import emit_channel_maps, emit_padded_copy, taps_shape
 
 
-def basis_conv_kernel(geom: ConvGeometry, n_maps: int, n_channels: int, *, lanes: int = 16) -> tirx.PrimFunc:
+def basis_conv_kernel(geom: ConvGeometry, n_maps: int, n_channels: int, *, lanes: int = 16,
+                      threads: int = 1) -> tirx.PrimFunc:
     """Generate the basis-convolution PrimFunc for one layer.
 
     Parameters
@@ -33,6 +35,8 @@ def basis_conv_kernel(geom: ConvGeometry, n_maps: int, n_channels: int, *, lanes
     lanes : int
         float32 lanes of one vector register (16 for AVX-512, 8 for AVX2); the output width is
         processed in blocks of ``2 * lanes``.
+    threads : int
+        Worker threads the channels are split over.
 
     Returns
     -------
@@ -44,9 +48,7 @@ def basis_conv_kernel(geom: ConvGeometry, n_maps: int, n_channels: int, *, lanes
     g = geom
     ho, wo = g.out_height, g.out_width
     hp, wp = g.window_height, g.window_width
-    top, left = g.padding[0], g.padding[1]
-    (sh, sw), (dh, dw) = g.stride, g.dilation
-    x_block = pick_block(wo, 2 * lanes)
+
 
     with IRBuilder() as ib:
         with T.prim_func():
@@ -58,29 +60,18 @@ def basis_conv_kernel(geom: ConvGeometry, n_maps: int, n_channels: int, *, lanes
             weights = T.arg("weights", T.Buffer((n_maps, g.kernel_h, g.kernel_w), F32))
             M = T.arg("M", T.Buffer((g.batch, n_maps, ho * wo), F32))
 
-            with T.parallel(0, g.batch * n_channels) as task:
+            def scratch():
+                # zero-padded copy of just the input window this layer reads (border zeroed once
+                # per thread), and its taps
+                return T.alloc_buffer((hp, wp), F32), T.alloc_buffer(taps_shape(g, ho), F32)
+
+            def channel(task, padded, taps):
                 n = task // n_channels
                 c = task % n_channels
                 i = channels[c]
-                # Zero-padded copy of just the input window this layer reads.
-                padded = T.alloc_buffer((hp, wp), F32)
-                with T.serial(0, hp) as yy:
-                    with T.vectorized(0, wp) as xx:
-                        sy, sx = yy - top, xx - left
-                        inside = tirx.all(sy >= 0, sy < g.height, sx >= 0, sx < g.width)
-                        T.buffer_store(padded, tirx.if_then_else(inside, X[n, i, sy, sx], T.float32(0)), [yy, xx])
-                with T.serial(map_ptr[c], map_ptr[c + 1]) as m:
-                    with T.serial(0, ho) as y:
+                emit_padded_copy(padded, lambda sy, sx: X[n, i, sy, sx], g, 0, hp, static_rows=True)
+                emit_channel_maps(padded, taps, weights, g, ho, map_ptr[c], map_ptr[c + 1], lanes,
+                                  lambda m, p, value: T.buffer_store(M, value, [n, m, p]))
 
-                        def row_block(x0, size, m=m, y=y):
-                            with T.vectorized(0, size) as v:
-                                x = x0 + v
-                                acc = None
-                                for ky in range(g.kernel_h):
-                                    for kx in range(g.kernel_w):
-                                        term = padded[y * sh + ky * dh, x * sw + kx * dw] * weights[m, ky, kx]
-                                        acc = term if acc is None else acc + term
-                                T.buffer_store(M, acc, [n, m, y * wo + x])
-
-                        static_blocks(wo, x_block, row_block)
+            parallel_tasks(g.batch * n_channels, threads, scratch, channel)
     return ib.get()

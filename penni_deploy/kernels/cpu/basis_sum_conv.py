@@ -15,11 +15,12 @@ from tvm.script.ir_builder import tirx as T
 from ..epilogue import Epilogue, apply_epilogue
 from ..geometry import ConvGeometry
 from ..signatures import epilogue_args
-from ..tir_helpers import F32, I32, KERNEL_ATTRS, pick_block, static_blocks
+from ..tir_helpers import F32, I32, KERNEL_ATTRS, parallel_tasks, pick_block, static_blocks
+from .basis_rows import emit_padded_copy
 
 
 def basis_sum_conv_kernel(geom: ConvGeometry, n_rows: int, out_channels: int, epilogue: Epilogue, *,
-                          lanes: int = 16) -> tirx.PrimFunc:
+                          lanes: int = 16, threads: int = 1) -> tirx.PrimFunc:
     """Generate the basis-sum convolution.
 
     Returns
@@ -31,7 +32,7 @@ def basis_sum_conv_kernel(geom: ConvGeometry, n_rows: int, out_channels: int, ep
     g = geom
     ho, wo = g.out_height, g.out_width
     hp, wp = g.window_height, g.window_width
-    top, left = g.padding[0], g.padding[1]
+
     (sh, sw), (dh, dw) = g.stride, g.dilation
     x_block = pick_block(wo, 2 * lanes)
 
@@ -44,20 +45,17 @@ def basis_sum_conv_kernel(geom: ConvGeometry, n_rows: int, out_channels: int, ep
             weights = T.arg("row_weights", T.Buffer((max(n_rows, 1), g.kernel_h, g.kernel_w), F32))
             bias, residual, Y = epilogue_args(epilogue, g.batch, out_channels, ho * wo)
 
-            with T.parallel(0, g.batch * out_channels) as task:
+            def scratch():
+                return T.alloc_buffer((ho * wo,), F32), T.alloc_buffer((hp, wp), F32)
+
+            def output(task, acc, padded):
                 n = task // out_channels
                 o = task % out_channels
-                acc = T.alloc_buffer((ho * wo,), F32)
-                padded = T.alloc_buffer((hp, wp), F32)
                 with T.serial(0, ho * wo) as p:
                     T.buffer_store(acc, T.float32(0), [p])
                 with T.serial(row_ptr[o], row_ptr[o + 1]) as row:
-                    with T.serial(0, hp) as yy:
-                        with T.vectorized(0, wp) as xx:
-                            sy, sx = yy - top, xx - left
-                            inside = tirx.all(sy >= 0, sy < g.height, sx >= 0, sx < g.width)
-                            T.buffer_store(padded, tirx.if_then_else(inside, U[n, row, sy * g.width + sx],
-                                                                     T.float32(0)), [yy, xx])
+                    emit_padded_copy(padded, lambda sy, sx, row=row: U[n, row, sy * g.width + sx], g, 0, hp,
+                                     static_rows=True)
                     with T.serial(0, ho) as y:
 
                         def row_block(x0, size, row=row, y=y):
@@ -78,4 +76,6 @@ def basis_sum_conv_kernel(geom: ConvGeometry, n_rows: int, out_channels: int, ep
                             T.buffer_store(Y, apply_epilogue(epilogue, acc[p], bias, residual, n, o, p), [n, o, p])
 
                     static_blocks(wo, x_block, out_block)
+
+            parallel_tasks(g.batch * out_channels, threads, scratch, output)
     return ib.get()

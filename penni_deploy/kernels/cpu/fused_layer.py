@@ -16,7 +16,8 @@ from tvm.script.ir_builder import tirx as T
 from ..epilogue import Epilogue, apply_epilogue
 from ..geometry import ConvGeometry
 from ..signatures import epilogue_args
-from ..tir_helpers import F32, I32, KERNEL_ATTRS, pick_block, static_blocks
+from ..tir_helpers import F32, I32, KERNEL_ATTRS, parallel_tasks, pick_block, static_blocks
+from .basis_rows import emit_channel_maps, emit_padded_copy, taps_shape
 
 
 def fused_tile_rows(out_height: int, preferred: int) -> int:
@@ -28,7 +29,8 @@ def fused_tile_rows(out_height: int, preferred: int) -> int:
 
 
 def fused_penni_kernel(geom: ConvGeometry, n_maps: int, n_channels: int, out_channels: int, nnz: int,
-                       epilogue: Epilogue, *, lanes: int = 16, block: int = 4, tile_rows: int = 4) -> tirx.PrimFunc:
+                       epilogue: Epilogue, *, lanes: int = 16, block: int = 4, tile_rows: int = 4,
+                       threads: int = 1) -> tirx.PrimFunc:
     """Generate the fused layer kernel.
 
     Returns
@@ -42,11 +44,9 @@ def fused_penni_kernel(geom: ConvGeometry, n_maps: int, n_channels: int, out_cha
     rows = fused_tile_rows(ho, tile_rows)
     n_tiles = ho // rows
     tile_pixels = rows * wo
-    (sh, sw), (dh, dw) = g.stride, g.dilation
-    top, left = g.padding[0], g.padding[1]
+    sh, dh = g.stride[0], g.dilation[0]
     in_rows = (rows - 1) * sh + (g.kernel_h - 1) * dh + 1  # padded input rows one tile reads
     wp = g.window_width
-    x_block = pick_block(wo, 2 * lanes)
     pixel_block = pick_block(tile_pixels, block * lanes)
 
     with IRBuilder() as ib:
@@ -62,32 +62,19 @@ def fused_penni_kernel(geom: ConvGeometry, n_maps: int, n_channels: int, out_cha
             data = T.arg("data", T.Buffer((nnz,), F32))
             bias, residual, Y = epilogue_args(epilogue, g.batch, out_channels, ho * wo)
 
-            with T.parallel(0, g.batch * n_tiles) as task:
+            def scratch():
+                return (T.alloc_buffer((n_maps, tile_pixels), F32), T.alloc_buffer((in_rows, wp), F32),
+                        T.alloc_buffer(taps_shape(g, rows), F32))
+
+            def tile(task, maps, padded, taps):
                 n = task // n_tiles
                 y0 = task % n_tiles * rows
-                maps = T.alloc_buffer((n_maps, tile_pixels), F32)
-                padded = T.alloc_buffer((in_rows, wp), F32)
                 with T.serial(0, n_channels) as c:
                     i = channels[c]
-                    with T.serial(0, in_rows) as yy:
-                        with T.vectorized(0, wp) as xx:
-                            sy, sx = y0 * sh + yy - top, xx - left
-                            inside = tirx.all(sy >= 0, sy < g.height, sx >= 0, sx < g.width)
-                            T.buffer_store(padded, tirx.if_then_else(inside, X[n, i, sy, sx], T.float32(0)), [yy, xx])
-                    with T.serial(map_ptr[c], map_ptr[c + 1]) as m:
-                        with T.serial(0, rows) as y:
-
-                            def row_block(x0, size, m=m, y=y):
-                                with T.vectorized(0, size) as v:
-                                    x = x0 + v
-                                    acc = None
-                                    for ky in range(g.kernel_h):
-                                        for kx in range(g.kernel_w):
-                                            term = padded[y * sh + ky * dh, x * sw + kx * dw] * weights[m, ky, kx]
-                                            acc = term if acc is None else acc + term
-                                    T.buffer_store(maps, acc, [m, y * wo + x])
-
-                            static_blocks(wo, x_block, row_block)
+                    emit_padded_copy(padded, lambda sy, sx, i=i: X[n, i, sy, sx], g, y0 * sh, in_rows,
+                                     static_rows=False)
+                    emit_channel_maps(padded, taps, weights, g, rows, map_ptr[c], map_ptr[c + 1], lanes,
+                                      lambda m, p, value: T.buffer_store(maps, value, [m, p]))
 
                 with T.serial(0, out_channels) as o:
 
@@ -103,4 +90,6 @@ def fused_penni_kernel(geom: ConvGeometry, n_maps: int, n_channels: int, out_cha
                             T.buffer_store(Y, apply_epilogue(epilogue, acc[v], bias, residual, n, o, p), [n, o, p])
 
                     static_blocks(tile_pixels, pixel_block, one_block)
+
+            parallel_tasks(g.batch * n_tiles, threads, scratch, tile)
     return ib.get()
