@@ -48,3 +48,17 @@ def tiny_model(cls=TinyPenniNet, seed=0):
 def save_pt2(model, path, shape=TINY_SHAPE):
     torch.export.save(torch.export.export(model, (torch.zeros(shape),)), str(path))
     return path
+
+
+def assert_matches_tiny_model(artifact, seed: int) -> None:
+    """The artifact computes what the tiny PyTorch model does."""
+    import numpy as np
+    import torch
+
+    from penni_deploy.artifact.runtime import load
+
+    x = np.random.default_rng(seed).standard_normal(TINY_SHAPE).astype(np.float32)
+    with torch.inference_mode():
+        expected = tiny_model()(torch.from_numpy(x)).numpy()
+    np.testing.assert_allclose(load(str(artifact))(x), expected, rtol=1e-4, atol=1e-4 * np.abs(expected).max())
+

@@ -2,12 +2,10 @@
 
 import json
 
-import numpy as np
 import pytest
-import torch
-from tiny_models import TINY_SHAPE, tiny_model
+from tiny_models import assert_matches_tiny_model, tiny_model
 
-from penni_deploy.artifact.runtime import load, read_manifest
+from penni_deploy.artifact.runtime import read_manifest
 from penni_deploy.cli import main
 from penni_deploy.errors import PenniError
 from penni_deploy.frontend import load_model
@@ -98,11 +96,7 @@ def test_metaschedule_tunes_the_dense_parts_and_compile_applies_them(tmp_path, t
     assert main(["compile", str(tiny_pt2), "-o", str(artifact), "--tuning-db", str(db), "-q"]) == 0
     dense = [layer for layer in read_manifest(str(artifact)).layers if layer["kind"] == "dense"]
     assert dense and all("(tuned" in layer["kernels"] for layer in dense)
-    model = tiny_model()
-    x = np.random.default_rng(3).standard_normal(TINY_SHAPE).astype(np.float32)
-    with torch.inference_mode():
-        expected = model(torch.from_numpy(x)).numpy()
-    np.testing.assert_allclose(load(str(artifact))(x), expected, rtol=1e-4, atol=1e-4 * np.abs(expected).max())
+    assert_matches_tiny_model(artifact, seed=3)
 
     # a second run finds every dense task tuned and skips MetaSchedule
     before = len(ms_records)
