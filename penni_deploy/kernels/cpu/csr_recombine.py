@@ -75,18 +75,26 @@ def csr_recombine_kernel(batch: int, n_maps: int, pixels: int, out_channels: int
                 n = task // out_channels
                 o = task % out_channels if order is None else order[task % out_channels]
 
-                def one_block(p0, size):
-                    acc = T.alloc_buffer((size,), F32, scope="local")
-                    with T.vectorized(0, size) as v:
-                        T.buffer_store(acc, T.float32(0), [v])
-                    with T.serial(indptr[o], indptr[o + 1]) as j:
-                        with T.vectorized(0, size) as v:
-                            T.buffer_store(acc, acc[v] + data[j] * M[n, indices[j], p0 + v], [v])
-                    with T.vectorized(0, size) as v:
-                        T.buffer_store(Y, apply_epilogue(epilogue, acc[v], bias, residual, n, o, p0 + v), [n, o, p0 + v])
+                def one_block(p0, size, n=n, o=o):
+                    _emit_row_block(M, Y, bias, residual, epilogue, n, o, p0, size,
+                                    T.serial(indptr[o], indptr[o + 1]), lambda j: (data[j], indices[j]))
 
                 static_blocks(pixels, pixel_block, one_block)
     return ib.get()
+
+
+def _emit_row_block(M, Y, bias, residual, epilogue, n, o, p0, size, entries, entry) -> None:
+    """``Y[n, o, p0:p0+size] = epilogue(Σ_j coef_j · M[n, map_j, p0:p0+size])`` over the row's
+    ``entries`` loop, with ``entry(j) -> (coef, map index)``, accumulated in vector registers."""
+    acc = T.alloc_buffer((size,), F32, scope="local")
+    with T.vectorized(0, size) as v:
+        T.buffer_store(acc, T.float32(0), [v])
+    with entries as j:
+        coef, m = entry(j)
+        with T.vectorized(0, size) as v:
+            T.buffer_store(acc, acc[v] + coef * M[n, m, p0 + v], [v])
+    with T.vectorized(0, size) as v:
+        T.buffer_store(Y, apply_epilogue(epilogue, acc[v], bias, residual, n, o, p0 + v), [n, o, p0 + v])
 
 
 def ell_arrays(csr: scipy.sparse.csr_matrix) -> tuple[np.ndarray, np.ndarray, int]:
@@ -122,17 +130,10 @@ def ell_recombine_kernel(batch: int, n_maps: int, pixels: int, out_channels: int
                 n = task // out_channels
                 o = task % out_channels
 
-                def one_block(p0, size):
-                    acc = T.alloc_buffer((size,), F32, scope="local")
-                    with T.vectorized(0, size) as v:
-                        T.buffer_store(acc, T.float32(0), [v])
+                def one_block(p0, size, n=n, o=o):
                     loop = T.unroll if width <= 8 else T.serial
-                    with loop(0, width) as j:
-                        k = o * width + j
-                        with T.vectorized(0, size) as v:
-                            T.buffer_store(acc, acc[v] + data[k] * M[n, indices[k], p0 + v], [v])
-                    with T.vectorized(0, size) as v:
-                        T.buffer_store(Y, apply_epilogue(epilogue, acc[v], bias, residual, n, o, p0 + v), [n, o, p0 + v])
+                    _emit_row_block(M, Y, bias, residual, epilogue, n, o, p0, size, loop(0, width),
+                                    lambda j: (data[o * width + j], indices[o * width + j]))
 
                 static_blocks(pixels, pixel_block, one_block)
     return ib.get()
