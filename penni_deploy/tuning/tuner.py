@@ -144,10 +144,10 @@ def tune_loaded(loaded: LoadedModel, db_path: str, target, *, input_shape=None, 
 
         progress(f"MetaSchedule: tuning the dense parts ({options.dense_trials} trials)")
         tune_dense_parts(mod, target, db, options.dense_trials, options, progress)
+        # measured again on every run: the MetaSchedule database may hold better schedules now
         for wkey, chain in dense.items():
-            if _config_key({"impl": TVM_OPS}) not in db.measured(key, wkey):
-                db.add(_measure(target, runner, chain, None, None, key, wkey, describe_layer(chain),
-                                metaschedule_dir=db.metaschedule_dir))
+            db.add(_measure(target, runner, chain, None, None, key, wkey, describe_layer(chain),
+                            metaschedule_dir=db.metaschedule_dir))
     summary["failed"] = sum(1 for r in db._records if r.target == key and r.error)
     summary["seconds"] = time.perf_counter() - start
     summary["model_estimate_ms"] = _model_ms(db, key, chains)
