@@ -27,12 +27,42 @@ def emit_channel_maps(padded, taps, weights, geom: ConvGeometry, rows: int, firs
                       store: Callable[[object, object, object], None]) -> None:
     """Compute the maps ``first_map..end_map`` (kernels ``weights[m]``) of the zero-padded channel
     buffer ``padded`` for output rows ``0..rows``; each vector goes to ``store(m, pixel, value)``
-    with ``pixel`` flattened as ``y * out_width + x``. ``taps`` is scratch of ``taps_shape``."""
+    with ``pixel`` flattened as ``y * out_width + x``. ``taps`` is scratch of ``taps_shape``.
+
+    Rows at least a vector wide read their taps straight from ``padded``, a vector per row block;
+    narrower rows first lay the taps out flat over the whole tile so the vectors stay full.
+    """
     g = geom
     (sh, sw), (dh, dw) = g.stride, g.dilation
     wo = g.out_width
-    pixels = rows * wo
     n_taps = g.kernel_h * g.kernel_w
+
+    def maps_from(held, size, pixel):
+        with T.serial(first_map, end_map) as m:
+            with T.vectorized(0, size) as v:
+                acc = None
+                for ky in range(g.kernel_h):
+                    for kx in range(g.kernel_w):
+                        term = held[ky * g.kernel_w + kx, v] * weights[m, ky, kx]
+                        acc = term if acc is None else acc + term
+                store(m, pixel + v, acc)
+
+    if wo >= lanes:
+        with T.serial(0, rows) as y:
+
+            def row_block(x0, size, y=y):
+                held = T.alloc_buffer((n_taps, size), F32, scope="local")
+                for ky in range(g.kernel_h):
+                    for kx in range(g.kernel_w):
+                        with T.vectorized(0, size) as v:
+                            T.buffer_store(held, padded[y * sh + ky * dh, (x0 + v) * sw + kx * dw],
+                                           [ky * g.kernel_w + kx, v])
+                maps_from(held, size, y * wo + x0)
+
+            static_blocks(wo, lanes, row_block)
+        return
+
+    pixels = rows * wo
     for ky in range(g.kernel_h):
         for kx in range(g.kernel_w):
             with T.serial(0, rows) as y:
@@ -44,14 +74,7 @@ def emit_channel_maps(padded, taps, weights, geom: ConvGeometry, rows: int, firs
         for t in range(n_taps):
             with T.vectorized(0, size) as v:
                 T.buffer_store(held, taps[t, p0 + v], [t, v])
-        with T.serial(first_map, end_map) as m:
-            with T.vectorized(0, size) as v:
-                acc = None
-                for ky in range(g.kernel_h):
-                    for kx in range(g.kernel_w):
-                        term = held[ky * g.kernel_w + kx, v] * weights[m, ky, kx]
-                        acc = term if acc is None else acc + term
-                store(m, p0 + v, acc)
+        maps_from(held, size, p0)
 
     static_blocks(pixels, min(pixels, lanes), pixel_block)
 
