@@ -16,6 +16,7 @@ resumes where it stopped, and re-tuning the same model only measures what is new
 
 from __future__ import annotations
 
+import json
 import math
 import time
 from collections.abc import Callable
@@ -120,11 +121,13 @@ def tune_loaded(loaded: LoadedModel, db_path: str, target, *, input_shape=None, 
         known = db.measured(key, wkey)
         for config in configs:
             done += 1
-            if config.to_json() and _config_key(config.to_json()) in known:
+            if _config_key(config.to_json()) in known:
                 summary["reused"] += 1
             else:
-                db.add(_measure(target, runner, chain, plan, config, key, wkey, text))
+                record = _measure(target, runner, chain, plan, config, key, wkey, text)
+                db.add(record)
                 summary["measured"] += 1
+                summary["failed"] += record.error is not None
             best = db.best(key, wkey)
             bar.update(done, f"layer {index + 1}/{len(plans)} {text}: best "
                        + (f"{best.ms:.4f} ms" if best else "-") + f", model est. {_model_ms(db, key, chains):.3f} ms")
@@ -148,7 +151,6 @@ def tune_loaded(loaded: LoadedModel, db_path: str, target, *, input_shape=None, 
         for wkey, chain in dense.items():
             db.add(_measure(target, runner, chain, None, None, key, wkey, describe_layer(chain),
                             metaschedule_dir=db.metaschedule_dir))
-    summary["failed"] = sum(1 for r in db._records if r.target == key and r.error)
     summary["seconds"] = time.perf_counter() - start
     summary["model_estimate_ms"] = _model_ms(db, key, chains)
     db.write_log(summary)
@@ -156,8 +158,6 @@ def tune_loaded(loaded: LoadedModel, db_path: str, target, *, input_shape=None, 
 
 
 def _config_key(config: dict) -> str:
-    import json
-
     return json.dumps(config, sort_keys=True)
 
 
