@@ -19,6 +19,7 @@ from typing import Annotated, Optional
 import typer
 
 from .errors import InputSpecError, PenniError
+from .machine import available_cores
 
 app = typer.Typer(add_completion=False, no_args_is_help=True,
                   help="Compile PENNI-compressed CNNs into fast, deployable TVM artifacts.")
@@ -162,6 +163,8 @@ def run(
     input: Annotated[Path, typer.Option("--input", "-i", help="Input array (.npy).")],  # noqa: A002
     output: Annotated[Path, typer.Option("--output", "-o", help="Where to write the output (.npy).")],
     device: Device = None,
+    threads: Annotated[Optional[int], typer.Option(min=1, help="CPU threads (default: TVM_NUM_THREADS if set, "
+                                                               "else every core this process may use).")] = None,
 ) -> None:
     """Run ARTIFACT on an input .npy file with the TVM runtime."""
     import numpy as np
@@ -172,7 +175,7 @@ def run(
         x = np.load(input, allow_pickle=False)
     except (OSError, ValueError) as exc:
         raise InputSpecError(f"cannot read {input} as a .npy array: {exc}") from None
-    y = load(str(artifact), device)(x)
+    y = load(str(artifact), device, threads)(x)
     tmp = output.with_name(output.name + ".partial.npy")
     np.save(tmp, y)
     os.replace(tmp, output)
@@ -233,7 +236,7 @@ def bench(
     from .compiler import CompileOptions
 
     model_arch, gpu_arch = _split_arch(arch)
-    options = BenchOptions(batches=_int_list(batch, "--batch"), threads=threads or os.cpu_count() or 1,
+    options = BenchOptions(batches=_int_list(batch, "--batch"), threads=threads or available_cores(),
                            repeat=repeat, min_repeat=min(20, repeat), device=device,
                            compile=CompileOptions(target=target, mcpu=mcpu, gpu_arch=gpu_arch,
                                                   tuning_db=str(tuning_db) if tuning_db else None), peers=peers)

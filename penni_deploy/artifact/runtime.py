@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import ArtifactError, InputSpecError
+from . import threads as thread_count
 from .manifest import LIBRARY_NAME, MANIFEST_NAME, Manifest
 
 
@@ -146,9 +147,14 @@ class CompiledModel:
         The artifact file.
     device : str, optional
         ``cpu`` or ``cuda``; defaults to the artifact's own device.
+    threads : int, optional
+        CPU threads per run; defaults to ``TVM_NUM_THREADS`` if set, else every core this process may
+        run on (affinity mask and cgroup quota; see ``artifact.threads``).
     """
 
-    def __init__(self, path: str, device: str | None = None):
+    def __init__(self, path: str, device: str | None = None, threads: int | None = None):
+        self.threads = thread_count.resolve_threads(threads)
+        thread_count.prepare_pool(self.threads)  # before import tvm can start a pool
         import tvm
         from tvm.runtime.vm import VirtualMachine
 
@@ -181,6 +187,7 @@ class CompiledModel:
             raise InputSpecError(f"input shape is {tuple(array.shape)} but the model was compiled for "
                                  f"{self.input_shape}; recompile with --input-shape "
                                  f"{','.join(map(str, array.shape))} or reshape the input")
+        thread_count.use_threads(self.threads)
         out = self._vm["main"](self._tvm.runtime.tensor(np.ascontiguousarray(array), self.device))
         return out.numpy()
 
@@ -190,6 +197,7 @@ class CompiledModel:
         main = self._vm["main"]
 
         def run():
+            thread_count.use_threads(self.threads)
             main(x)
             self.device.sync()
 
@@ -204,6 +212,9 @@ def _as_numpy(x: Any) -> np.ndarray:
     return x
 
 
-def load(path: str | os.PathLike[str], device: str | None = None) -> CompiledModel:
-    """Load a ``.penni`` artifact; the result is callable on NumPy arrays and torch tensors."""
-    return CompiledModel(os.fspath(path), device)
+def load(path: str | os.PathLike[str], device: str | None = None, threads: int | None = None) -> CompiledModel:
+    """Load a ``.penni`` artifact; the result is callable on NumPy arrays and torch tensors.
+
+    ``threads`` defaults to every core the process may use (or ``TVM_NUM_THREADS`` when set).
+    """
+    return CompiledModel(os.fspath(path), device, threads)

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass, field
 
 from ..compiler import CompileOptions
+from ..machine import available_cores
 
 
 @dataclass(frozen=True)
@@ -13,7 +13,7 @@ class BenchOptions:
     """What to measure: batch sizes, threads, and how many timed runs (median and p90 are reported)."""
 
     batches: tuple[int, ...] = (1, 8)
-    threads: int = field(default_factory=lambda: os.cpu_count() or 1)
+    threads: int = field(default_factory=available_cores)
     warmup: int = 10
     repeat: int = 100
     min_repeat: int = 20

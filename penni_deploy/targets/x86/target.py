@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from typing import Any
 
 import tvm
@@ -10,6 +9,7 @@ from tvm.target import codegen
 
 from ...errors import TargetError
 from ...kernels.cpu import CpuKernels
+from ...machine import available_cores
 from ..base import Target
 from ..common import lowering_passes
 from .schedules import ScheduleRemainingOps
@@ -39,7 +39,7 @@ class X86Target(Target):
             raise TargetError(
                 f"unknown x86 CPU {self.mcpu!r} for --mcpu; use an LLVM CPU name such as "
                 "skylake-avx512, icelake-server, znver4 or haswell")
-        self.num_threads = num_threads or os.cpu_count() or 1
+        self.num_threads = num_threads or available_cores()
         self._tvm_target = tvm.target.Target(
             {"kind": "llvm", "mtriple": X86_TRIPLE, "mcpu": self.mcpu, "num-cores": self.num_threads})
         if codegen.target_has_features("avx512f", self._tvm_target):
