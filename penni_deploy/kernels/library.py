@@ -10,15 +10,12 @@ from __future__ import annotations
 
 import abc
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
 
 import numpy as np
 from tvm import tirx
 
+from ..plan.layers import ConvChain, PenniLayerPlan
 from .config import DEFAULT_CONFIG, KernelConfig
-
-if TYPE_CHECKING:  # the planning types live with the pass that makes them
-    from ..passes.conv_chain import ConvChain, PenniLayerPlan
 
 
 @dataclass(frozen=True, eq=False)

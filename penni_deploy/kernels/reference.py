@@ -8,8 +8,8 @@ from __future__ import annotations
 import numpy as np
 import scipy.sparse
 
-from .epilogue import Epilogue
-from .geometry import ConvGeometry
+from ..plan.epilogue import Epilogue
+from ..plan.geometry import ConvGeometry
 
 
 def basis_conv_reference(x: np.ndarray, geom: ConvGeometry, map_channels: np.ndarray, weights: np.ndarray) -> np.ndarray:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from tvm.script.ir_builder import tirx as T
 
-from .epilogue import Epilogue
+from ..plan.epilogue import Epilogue
 from .tir_helpers import F32, I32
 
 

@@ -12,7 +12,7 @@ from collections.abc import Callable
 from tvm import tirx
 from tvm.script.ir_builder import tirx as T
 
-from .geometry import ConvGeometry
+from ..plan.geometry import ConvGeometry
 
 F32 = "float32"
 I32 = "int32"

@@ -14,12 +14,11 @@ from tvm.relax.backend.utils import has_leaking_intermediate_variables
 from tvm.relax.dpl import is_const, is_op, wildcard
 from tvm.relax.transform import FusionPattern, PatternCheckContext
 
+from ..plan.layers import DENSE_COMPOSITE, PENNI_COMPOSITE
 from .ir_utils import const_value, conv2d_attrs_ok, per_channel_vector, static_shape
 
 logger = logging.getLogger(__name__)
 
-PENNI_COMPOSITE = "penni_deploy.penni_conv"
-DENSE_COMPOSITE = "penni_deploy.dense_conv"
 
 
 def _penni_core():

@@ -9,8 +9,8 @@ from __future__ import annotations
 import tvm
 from tvm import relax
 
-from .conv_chain import plan_penni_layer, read_conv_chain
-from .conv_patterns import PENNI_COMPOSITE
+from ..plan.layers import PENNI_COMPOSITE, plan_penni_layer
+from .conv_chain import read_conv_chain
 
 
 def _composite_calls_in_order(mod: tvm.IRModule) -> list[relax.Function]:

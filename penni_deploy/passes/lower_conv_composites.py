@@ -21,8 +21,8 @@ from tvm.relax.expr_functor import PyExprMutator, mutator
 
 from ..kernels.config import DEFAULT_CONFIG, KernelConfig
 from ..kernels.library import KernelLibrary
-from .conv_chain import ConvChain, PenniLayerPlan, plan_penni_layer, read_conv_chain
-from .conv_patterns import PENNI_COMPOSITE
+from ..plan.layers import PENNI_COMPOSITE, ConvChain, PenniLayerPlan, plan_penni_layer
+from .conv_chain import read_conv_chain
 from .ir_utils import mutate_relax_functions
 
 logger = logging.getLogger(__name__)

@@ -10,7 +10,7 @@ Both keep a log of their answers for the artifact's layer report.
 from __future__ import annotations
 
 from ..kernels.config import DEFAULT_CONFIG, KernelConfig
-from ..passes.conv_chain import ConvChain, PenniLayerPlan
+from ..plan.layers import ConvChain, PenniLayerPlan
 from . import cost_model
 from .database import TuningDatabase
 from .workload import dense_workload_key, penni_workload_key

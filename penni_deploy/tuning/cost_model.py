@@ -19,7 +19,7 @@ import math
 from dataclasses import dataclass
 
 from ..kernels.config import KernelConfig
-from ..passes.conv_chain import PenniLayerPlan
+from ..plan.layers import PenniLayerPlan
 
 #: Map bytes that stay cheap to write and re-read (roughly a core's L2).
 _CACHE_BYTES = 1 << 20

@@ -16,7 +16,7 @@ import tvm
 from tvm import relax
 
 from ..kernels.config import KernelConfig
-from ..passes.conv_chain import ConvChain, PenniLayerPlan
+from ..plan.layers import ConvChain, PenniLayerPlan
 from ..passes.lower_conv_composites import (
     conv_chain_as_ops,
     emit_dense_conv,

@@ -18,7 +18,7 @@ import tvm
 from tvm.ir.utils import derived_object
 from tvm.s_tir import meta_schedule as ms
 
-from ..passes.conv_chain import ConvChain
+from ..plan.layers import ConvChain
 from ..targets.common import pre_schedule_passes
 from .chooser import TVM_OPS, FixedChooser
 from .progress import ProgressBar

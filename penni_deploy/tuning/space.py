@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from ..kernels.config import KernelConfig
 from ..kernels.cpu import MAX_UNROLLED_NNZ
-from ..passes.conv_chain import PenniLayerPlan
+from ..plan.layers import PenniLayerPlan
 
 BLOCKS = (1, 2, 4)
 TILE_ROWS = (1, 2, 4, 8)

@@ -28,8 +28,8 @@ from ..errors import PenniError
 from ..frontend import export_program, resolve_input_shape, to_relax
 from ..frontend.load_model import LoadedModel
 from ..passes import graph_passes, run_passes
-from ..passes.conv_chain import ConvChain, plan_penni_layer, read_conv_chain
-from ..passes.conv_patterns import PENNI_COMPOSITE
+from ..passes.conv_chain import read_conv_chain
+from ..plan.layers import PENNI_COMPOSITE, ConvChain, plan_penni_layer
 from . import cost_model
 from .chooser import HAND_KERNEL, TVM_OPS
 from .database import Record, TuningDatabase

@@ -14,7 +14,7 @@ import json
 
 import numpy as np
 
-from ..passes.conv_chain import ConvChain, PenniLayerPlan
+from ..plan.layers import ConvChain, PenniLayerPlan
 
 
 def _digest(*arrays: np.ndarray) -> str:

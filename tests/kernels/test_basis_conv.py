@@ -4,7 +4,7 @@ import torch
 import torch.nn.functional as F
 
 from penni_deploy.kernels.cpu import basis_conv_kernel
-from penni_deploy.kernels.geometry import ConvGeometry, group_maps_by_channel
+from penni_deploy.plan.geometry import ConvGeometry, group_maps_by_channel
 from penni_deploy.kernels.reference import basis_conv_reference
 
 CASES = {

@@ -4,7 +4,7 @@ import scipy.sparse
 import torch
 
 from penni_deploy.kernels.cpu import csr_recombine_kernel
-from penni_deploy.kernels.epilogue import Epilogue
+from penni_deploy.plan import Epilogue
 from penni_deploy.kernels.reference import csr_recombine_reference
 
 EPILOGUES = {

@@ -4,8 +4,8 @@ import torch
 import torch.nn.functional as F
 
 from penni_deploy.kernels.cpu import dense_conv_kernel, needs_im2col
-from penni_deploy.kernels.epilogue import Epilogue
-from penni_deploy.kernels.geometry import ConvGeometry
+from penni_deploy.plan import Epilogue
+from penni_deploy.plan.geometry import ConvGeometry
 from penni_deploy.kernels.reference import dense_conv_reference
 
 CASES = {

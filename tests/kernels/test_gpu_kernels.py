@@ -7,8 +7,8 @@ import scipy.sparse
 import torch
 import torch.nn.functional as F
 
-from penni_deploy.kernels.epilogue import Epilogue
-from penni_deploy.kernels.geometry import ConvGeometry
+from penni_deploy.plan import Epilogue
+from penni_deploy.plan.geometry import ConvGeometry
 from penni_deploy.kernels.gpu import (
     TileGrid,
     basis_conv_gpu_kernel,

@@ -15,7 +15,7 @@ from penni_deploy.passes import (
     graph_passes,
     run_passes,
 )
-from penni_deploy.passes.conv_patterns import DENSE_COMPOSITE, PENNI_COMPOSITE
+from penni_deploy.plan import DENSE_COMPOSITE, PENNI_COMPOSITE
 from penni_deploy.passes.ir_utils import const_value
 
 WIDE = (1, 32, 8, 8)  # enough kernels that every basis of a 3%-dense layer is used alone by several

@@ -5,7 +5,7 @@ import torch
 import tvm
 from torch import nn
 
-from penni_deploy.kernels.epilogue import Epilogue
+from penni_deploy.plan import Epilogue
 from penni_deploy.passes import (
     FoldWeightExpressions,
     FuseConvEpilogues,
@@ -13,7 +13,7 @@ from penni_deploy.passes import (
     run_passes,
 )
 from penni_deploy.passes.conv_chain import read_conv_chain
-from penni_deploy.passes.conv_patterns import DENSE_COMPOSITE, PENNI_COMPOSITE
+from penni_deploy.plan import DENSE_COMPOSITE, PENNI_COMPOSITE
 
 KINDS = {"penni": PENNI_COMPOSITE, "dense": DENSE_COMPOSITE}
 

@@ -13,7 +13,8 @@ from penni_deploy.passes import (
     graph_passes,
     run_passes,
 )
-from penni_deploy.passes.conv_chain import plan_penni_layer, read_conv_chain
+from penni_deploy.passes.conv_chain import read_conv_chain
+from penni_deploy.plan import plan_penni_layer
 
 
 class _Layer(nn.Module):

@@ -7,7 +7,7 @@ from torch import nn
 
 from penni_deploy.errors import PenniError
 from penni_deploy.passes import PIPELINES, PipelineOptions, graph_passes, run_passes
-from penni_deploy.passes.conv_patterns import DENSE_COMPOSITE, PENNI_COMPOSITE
+from penni_deploy.plan import DENSE_COMPOSITE, PENNI_COMPOSITE
 
 EXPECTED_ORDER = {
     "penni": ["FoldWeightExpressions", "FoldBatchNorm", "FactorLowRankConv", "FuseConvEpilogues"],

@@ -5,9 +5,7 @@ import pytest
 import torch
 
 from penni_deploy.kernels.config import KernelConfig
-from penni_deploy.kernels.epilogue import Epilogue
-from penni_deploy.kernels.geometry import ConvGeometry
-from penni_deploy.passes.conv_chain import PENNI_COMPOSITE, ConvChain, plan_penni_layer
+from penni_deploy.plan import PENNI_COMPOSITE, ConvChain, ConvGeometry, Epilogue, plan_penni_layer
 from penni_deploy.tuning import cost_model
 
 MACHINE = cost_model.Machine(lanes=16, threads=2)

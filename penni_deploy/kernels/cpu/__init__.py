@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..config import DEFAULT_CONFIG, KernelConfig
-from ..epilogue import Epilogue
+from ...plan.epilogue import Epilogue
 from ..library import KernelLibrary, KernelStep
 from .basis_conv import basis_conv_kernel
 from .basis_sum_conv import basis_sum_conv_kernel

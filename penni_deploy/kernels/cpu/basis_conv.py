@@ -15,7 +15,7 @@ from tvm import tirx
 from tvm.script.ir_builder import IRBuilder
 from tvm.script.ir_builder import tirx as T
 
-from ..geometry import ConvGeometry
+from ...plan.geometry import ConvGeometry
 from ..tir_helpers import F32, I32, KERNEL_ATTRS, parallel_tasks
 from .basis_rows import emit_channel_maps, emit_padded_copy, taps_shape
 

@@ -14,7 +14,7 @@ from collections.abc import Callable
 from tvm import tirx
 from tvm.script.ir_builder import tirx as T
 
-from ..geometry import ConvGeometry
+from ...plan.geometry import ConvGeometry
 from ..tir_helpers import F32, static_blocks
 
 

@@ -12,8 +12,9 @@ from tvm import tirx
 from tvm.script.ir_builder import IRBuilder
 from tvm.script.ir_builder import tirx as T
 
-from ..epilogue import Epilogue, apply_epilogue
-from ..geometry import ConvGeometry
+from ...plan.epilogue import Epilogue
+from ..epilogue import apply_epilogue
+from ...plan.geometry import ConvGeometry
 from ..signatures import epilogue_args
 from ..tir_helpers import (
     F32,

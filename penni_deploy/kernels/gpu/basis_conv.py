@@ -11,7 +11,7 @@ from tvm import tirx
 from tvm.script.ir_builder import IRBuilder
 from tvm.script.ir_builder import tirx as T
 
-from ..geometry import ConvGeometry
+from ...plan.geometry import ConvGeometry
 from ..tir_helpers import F32, I32, KERNEL_ATTRS, padded_tap
 from .launch import TileGrid, tile_indices
 

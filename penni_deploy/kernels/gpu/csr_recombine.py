@@ -12,7 +12,8 @@ from tvm import tirx
 from tvm.script.ir_builder import IRBuilder
 from tvm.script.ir_builder import tirx as T
 
-from ..epilogue import Epilogue, apply_epilogue
+from ...plan.epilogue import Epilogue
+from ..epilogue import apply_epilogue
 from ..signatures import csr_recombine_args
 from ..tir_helpers import F32, KERNEL_ATTRS
 from .launch import TileGrid, tile_indices
