@@ -42,7 +42,8 @@ class KernelLibrary(abc.ABC):
 
     - ``basis_conv``: ``(X, *constants, M)`` where the constants are returned beside the kernel;
     - ``csr_recombine``: ``(M, indptr, indices, data, [bias], [residual], Y)``;
-    - ``dense_conv``: ``(X, W (Cout, Cin·kh·kw), [bias], [residual], Y)``.
+    - ``dense_conv``: ``(X, *constants, [bias], [residual], Y)``, the constants (the weights in the
+      layout the kernel reads, index tables) returned beside the kernel.
 
     ``M`` is ``(N, n_maps, Ho·Wo)``, ``Y`` and the residual ``(N, Cout, Ho·Wo)``.
     """
@@ -59,8 +60,8 @@ class KernelLibrary(abc.ABC):
         """Stage 2 kernel of a PENNI layer, with the chain's epilogue."""
 
     @abc.abstractmethod
-    def dense_conv(self, chain: ConvChain) -> tirx.PrimFunc:
-        """A dense (groups = 1) conv with the chain's epilogue."""
+    def dense_conv(self, chain: ConvChain) -> tuple[tirx.PrimFunc, list[np.ndarray]]:
+        """A dense (groups = 1) conv with the chain's epilogue, and the constant arrays it reads after ``X``."""
 
     def supports(self, config: KernelConfig) -> bool:
         """Whether ``penni_layer`` implements ``config`` (the default: basis-first CSR, two kernels)."""

@@ -70,11 +70,11 @@ def emit_penni_layer(builder: relax.BlockBuilder, kernels: KernelLibrary, plan: 
 def emit_dense_conv(builder: relax.BlockBuilder, kernels: KernelLibrary, chain: ConvChain, x: relax.Expr,
                     epilogue_args: list[relax.Expr]) -> relax.Expr:
     """Emit the dense conv kernel of ``chain`` into ``builder``; returns ``(N, Cout, Ho·Wo)``."""
-    cout = chain.out_channels
-    gv = builder.add_func(kernels.dense_conv(chain), "dense_conv")
-    weight = relax.const(np.ascontiguousarray(chain.weight.reshape(cout, -1)))
-    flat_shape = (chain.out_shape[0], cout, chain.pixels)
-    return builder.emit(relax.call_tir(gv, [x, weight] + epilogue_args, _tensor(flat_shape)))
+    func, constants = kernels.dense_conv(chain)
+    gv = builder.add_func(func, "dense_conv")
+    flat_shape = (chain.out_shape[0], chain.out_channels, chain.pixels)
+    args = [x] + [relax.const(c) for c in constants] + epilogue_args
+    return builder.emit(relax.call_tir(gv, args, _tensor(flat_shape)))
 
 
 def conv_chain_as_ops(chain: ConvChain, x: relax.Expr, residual: relax.Expr | None) -> relax.Expr:

@@ -15,7 +15,7 @@ from .csr_recombine import (
     ell_recombine_kernel,
     unrolled_recombine_kernel,
 )
-from .dense_conv import dense_conv_kernel, needs_im2col
+from .gemm import conv_source, gemm_conv_kernel, needs_base_table, pack_weights, pick_orientation, default_tile
 from .fused_layer import fused_penni_kernel
 
 #: Beyond this many nonzeros a pattern-specialized kernel takes too long to compile for its gain.
@@ -42,7 +42,15 @@ class CpuKernels(KernelLibrary):
                                     plan.coefs.nnz, chain.epilogue, lanes=self.lanes)
 
     def dense_conv(self, chain):
-        return dense_conv_kernel(chain.geometry, chain.out_channels, chain.epilogue, lanes=self.lanes)
+        g, cout = chain.geometry, chain.out_channels
+        orientation = pick_orientation(chain.pixels, cout, self.lanes)
+        kernel = gemm_conv_kernel(g, cout, chain.epilogue, lanes=self.lanes, threads=self.threads,
+                                  orientation=orientation)
+        constants = [pack_weights(chain.weight.reshape(cout, -1).astype(np.float32), orientation,
+                                  default_tile(self.lanes, orientation))]
+        if needs_base_table(g):
+            constants.append(conv_source(g)[2])
+        return kernel, constants
 
     def supports(self, config: KernelConfig) -> bool:
         return True
@@ -107,6 +115,5 @@ __all__ = [
     "CpuKernels",
     "basis_conv_kernel",
     "csr_recombine_kernel",
-    "dense_conv_kernel",
-    "needs_im2col",
+    "gemm_conv_kernel",
 ]

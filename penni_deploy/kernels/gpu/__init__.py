@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import numpy as np
+
 from ..library import KernelLibrary
 from .basis_conv import basis_conv_gpu_kernel
 from .csr_recombine import csr_recombine_gpu_kernel
@@ -30,8 +32,9 @@ class GpuKernels(KernelLibrary):
                                         max_threads=self.max_threads)
 
     def dense_conv(self, chain):
-        return dense_conv_gpu_kernel(chain.geometry, chain.out_channels, chain.epilogue, on_gpu=self.on_gpu,
-                                     max_threads=self.max_threads)
+        kernel = dense_conv_gpu_kernel(chain.geometry, chain.out_channels, chain.epilogue, on_gpu=self.on_gpu,
+                                       max_threads=self.max_threads)
+        return kernel, [np.ascontiguousarray(chain.weight.reshape(chain.out_channels, -1), dtype=np.float32)]
 
 
 __all__ = ["GpuKernels", "TileGrid", "basis_conv_gpu_kernel", "csr_recombine_gpu_kernel", "dense_conv_gpu_kernel"]
