@@ -63,6 +63,11 @@ class KernelLibrary(abc.ABC):
     def dense_conv(self, chain: ConvChain) -> tuple[tirx.PrimFunc, list[np.ndarray]]:
         """A dense (groups = 1) conv with the chain's epilogue, and the constant arrays it reads after ``X``."""
 
+    def linear(self, batch: int, weight: np.ndarray) -> tuple[tirx.PrimFunc, list[np.ndarray]] | None:
+        """``Y (N, out) = X (N, K) · weight (K, out)`` as a kernel and the constants it reads after ``X``,
+        or None to leave the matmul to the target's schedules (the default)."""
+        return None
+
     def supports(self, config: KernelConfig) -> bool:
         """Whether ``penni_layer`` implements ``config`` (the default: basis-first CSR, two kernels)."""
         return config.order == "basis_first" and not config.fused and config.format == "csr"

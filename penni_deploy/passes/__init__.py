@@ -5,6 +5,7 @@ from .fold_batch_norm import FoldBatchNorm
 from .fold_weight_expressions import FoldWeightExpressions
 from .fuse_conv_epilogues import FuseConvEpilogues
 from .lower_conv_composites import LowerConvComposites
+from .lower_linear import LowerLinear
 
 __all__ = [
     "FactorLowRankConv",
@@ -12,6 +13,7 @@ __all__ = [
     "FoldWeightExpressions",
     "FuseConvEpilogues",
     "LowerConvComposites",
+    "LowerLinear",
 ]
 
 from .pipeline import PIPELINES, PipelineOptions, graph_passes, run_passes

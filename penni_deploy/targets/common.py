@@ -18,10 +18,11 @@ from ..kernels.library import KernelLibrary
 def pre_schedule_passes(kernels: KernelLibrary, chooser=None) -> list[tvm.transform.Pass]:
     """Kernel lowering, legalization and fusion: the module whose unscheduled PrimFuncs are what
     the schedule step (or MetaSchedule task extraction) sees."""
-    from ..passes import LowerConvComposites
+    from ..passes import LowerConvComposites, LowerLinear
 
     return [
         LowerConvComposites(kernels, chooser),
+        LowerLinear(kernels),
         relax.transform.LegalizeOps(),
         relax.transform.AnnotateTIROpPattern(),
         relax.transform.FoldConstant(),

@@ -13,6 +13,7 @@ from penni_deploy.kernels.cpu.gemm import (
     conv_source,
     default_tile,
     gemm_conv_kernel,
+    linear_kernel,
     needs_base_table,
     pack_weights,
     pick_orientation,
@@ -127,3 +128,14 @@ def test_library_step_runs_the_packed_layer(run_primfunc):
     out = run_primfunc(kernel, x, *constants, np.zeros((1, 11, 25), np.float32))
     ref = F.conv2d(torch.from_numpy(x), torch.from_numpy(w), stride=2, padding=1).reshape(1, 11, 25)
     np.testing.assert_allclose(out, ref.numpy(), rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("batch, depth, out", [(1, 37, 70), (3, 64, 48), (9, 5, 7), (2, 100, 1), (8, 33, 49)])
+def test_linear_kernel_matches_numpy(batch, depth, out, run_primfunc):
+    rng = np.random.default_rng(batch)
+    x = rng.standard_normal((batch, depth)).astype(np.float32)
+    w = rng.standard_normal((out, depth)).astype(np.float32)
+    kernel = linear_kernel(batch, depth, out, lanes=16, threads=2)
+    y = run_primfunc(kernel, x, pack_weights(w, "channels", default_tile(16, "channels")),
+                     np.full((batch, out), np.nan, np.float32))
+    np.testing.assert_allclose(y, x @ w.T, rtol=1e-5, atol=1e-4)

@@ -15,7 +15,15 @@ from .csr_recombine import (
     ell_recombine_kernel,
     unrolled_recombine_kernel,
 )
-from .gemm import conv_source, gemm_conv_kernel, needs_base_table, pack_weights, pick_orientation, default_tile
+from .gemm import (
+    conv_source,
+    default_tile,
+    gemm_conv_kernel,
+    linear_kernel,
+    needs_base_table,
+    pack_weights,
+    pick_orientation,
+)
 from .fused_layer import fused_penni_kernel
 
 #: Beyond this many nonzeros a pattern-specialized kernel takes too long to compile for its gain.
@@ -51,6 +59,13 @@ class CpuKernels(KernelLibrary):
         if needs_base_table(g):
             constants.append(conv_source(g)[2])
         return kernel, constants
+
+    def linear(self, batch, weight):
+        depth, out_features = weight.shape
+        tile = default_tile(self.lanes, "channels")
+        kernel = linear_kernel(batch, depth, out_features, lanes=self.lanes, threads=self.threads, tile=tile)
+        # weight is (K, out): pack its transpose, (out, K), like a conv's.
+        return kernel, [pack_weights(np.ascontiguousarray(weight.T, dtype=np.float32), "channels", tile)]
 
     def supports(self, config: KernelConfig) -> bool:
         return True

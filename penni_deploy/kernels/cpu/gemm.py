@@ -326,3 +326,41 @@ def _emit_subsample(X, dst, g: ConvGeometry) -> None:
         with T.serial(0, ho) as y:
             with T.vectorized(0, wo) as x:
                 T.buffer_store(dst, X[n, c, y * g.stride[0], x * g.stride[1]], [n, c * ho * wo + y * wo + x])
+
+
+def linear_kernel(batch: int, depth: int, out_features: int, *, lanes: int = 16, threads: int = 1,
+                  tile: GemmTile | None = None) -> tirx.PrimFunc:
+    """``Y = X · W`` for a Linear layer (X ``(N, K)``, W given as ``pack_weights(W.T, "channels", tile)``).
+
+    The channels orientation with the batch as rows: each step broadcasts one input value per row
+    and streams the packed weights, so at batch 1 (a GEMV, bound by reading the weights) the weights
+    are read once, contiguously, split over the threads by output-feature chunks.
+
+    Returns
+    -------
+    tvm.tirx.PrimFunc
+        ``f(X, Wp, Y)`` with ``Y (N, out_features)``.
+    """
+    tile = tile or default_tile(lanes, "channels")
+    cols = tile.cols
+    o_blocks = -(-out_features // cols)
+    row_blocks = -(-batch // tile.rows)
+    with IRBuilder() as ib:
+        with T.prim_func():
+            T.func_name("linear")
+            T.func_attr(KERNEL_ATTRS)
+            X = T.arg("X", T.Buffer((batch, depth), F32))
+            Wp = T.arg("Wp", T.Buffer((o_blocks, depth, cols), F32))
+            Y = T.arg("Y", T.Buffer((batch, out_features), F32))
+            with T.parallel(0, row_blocks * o_blocks) as task:
+                rb, ob = task // o_blocks, task % o_blocks
+
+                def tile_at(r0, nrows):
+                    def block(o_width):
+                        emit_tile(nrows, o_width, depth, lambda i, k: X[r0 + i, k], lambda k, v: Wp[ob, k, v],
+                                  lambda i, v, value: T.buffer_store(Y, value, [r0 + i, ob * cols + v]), lanes)
+
+                    _static_split(out_features, cols, lambda _o0, width: block(width), ob)
+
+                _static_split(batch, tile.rows, tile_at, rb)
+    return ib.get()
