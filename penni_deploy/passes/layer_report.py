@@ -9,7 +9,7 @@ from __future__ import annotations
 import tvm
 from tvm import relax
 
-from ..plan.layers import PENNI_COMPOSITE, plan_penni_layer
+from ..plan.layers import PENNI_COMPOSITE, dense_as_penni, plan_penni_layer
 from .conv_chain import read_conv_chain
 
 
@@ -64,13 +64,20 @@ def describe_conv_layers(mod: tvm.IRModule, chooser=None) -> list[dict]:
                 macs_compiled=macs_compiled, kernels=kernels + chain.epilogue.describe())
         else:
             macs = pixels * cout * g.in_channels * taps
-            kernels = "dense_conv"
+            kernels, density, compiled = "dense_conv", 1.0, macs
             if chooser is not None:
                 impl = chooser.dense(chain)
-                kernels = "dense_conv" if impl == "hand" else "TVM conv2d, MetaSchedule"
-                kernels += f" ({_source(chooser, chain=chain)})"
-            entry.update(kind="dense", bases=None, coef_density=1.0, maps_computed=None, maps_total=None,
-                         macs_dense=macs, macs_compiled=macs, kernels=kernels + chain.epilogue.describe())
+                source = _source(chooser, chain=chain)
+                kernels = {"hand": "dense_conv", "sparse": "sparse"}.get(impl, "TVM conv2d, MetaSchedule")
+                if impl == "sparse":  # mostly-zero weights, in exact PENNI form (plan.layers.dense_as_penni)
+                    plan = plan_penni_layer(dense_as_penni(chain))
+                    density = plan.coefs.nnz / max(1, macs // max(1, pixels))
+                    compiled = pixels * (plan.n_maps * taps + plan.coefs.nnz)
+                    if plan.coefs.nnz:
+                        kernels += f" {chooser.penni(plan).describe()}"
+                kernels += f" ({source})"
+            entry.update(kind="dense", bases=None, coef_density=density, maps_computed=None, maps_total=None,
+                         macs_dense=macs, macs_compiled=compiled, kernels=kernels + chain.epilogue.describe())
         layers.append(entry)
     return layers
 

@@ -21,7 +21,7 @@ from tvm.relax.expr_functor import PyExprMutator, mutator
 
 from ..kernels.config import DEFAULT_CONFIG, KernelConfig
 from ..kernels.library import KernelLibrary
-from ..plan.layers import PENNI_COMPOSITE, ConvChain, PenniLayerPlan, plan_penni_layer
+from ..plan.layers import PENNI_COMPOSITE, ConvChain, PenniLayerPlan, dense_as_penni, plan_penni_layer
 from .conv_chain import read_conv_chain
 from .ir_utils import mutate_relax_functions
 
@@ -34,7 +34,8 @@ class KernelChooser(Protocol):
     def penni(self, plan: PenniLayerPlan) -> KernelConfig: ...
 
     def dense(self, chain: ConvChain) -> str:
-        """``hand`` (our dense kernel) or ``metaschedule`` (plain TVM ops, scheduled from a database)."""
+        """``hand`` (our dense kernel), ``metaschedule`` (plain TVM ops, scheduled from a database) or
+        ``sparse`` (mostly-zero weights: the exact PENNI form on the sparse kernels)."""
 
 
 class _Default:
@@ -110,10 +111,14 @@ class _CompositeLowerer(PyExprMutator):
         chain = read_conv_chain(func)
         x = call.args[chain.input_param]
         residual = None
-        if chain.kind != PENNI_COMPOSITE and self.chooser.dense(chain) == "metaschedule":
-            self.lowered += 1
-            res4d = call.args[chain.residual_param] if chain.residual_param is not None else None
-            return conv_chain_as_ops(chain, x, res4d)
+        if chain.kind != PENNI_COMPOSITE:
+            impl = self.chooser.dense(chain)
+            if impl == "metaschedule":
+                self.lowered += 1
+                res4d = call.args[chain.residual_param] if chain.residual_param is not None else None
+                return conv_chain_as_ops(chain, x, res4d)
+            if impl == "sparse":
+                chain = dense_as_penni(chain)
         if chain.residual_param is not None:
             n, c, h, w = chain.out_shape
             residual = self.builder_.emit(relax.op.reshape(call.args[chain.residual_param], (n, c, h * w)))

@@ -7,7 +7,15 @@
 
 from .epilogue import Epilogue
 from .geometry import ConvGeometry, group_maps_by_channel
-from .layers import DENSE_COMPOSITE, PENNI_COMPOSITE, CoefFirstPlan, ConvChain, PenniLayerPlan, plan_penni_layer
+from .layers import (
+    DENSE_COMPOSITE,
+    PENNI_COMPOSITE,
+    CoefFirstPlan,
+    ConvChain,
+    PenniLayerPlan,
+    dense_as_penni,
+    plan_penni_layer,
+)
 
 __all__ = [
     "DENSE_COMPOSITE",
@@ -17,6 +25,7 @@ __all__ = [
     "ConvGeometry",
     "Epilogue",
     "PenniLayerPlan",
+    "dense_as_penni",
     "group_maps_by_channel",
     "plan_penni_layer",
 ]

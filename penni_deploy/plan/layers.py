@@ -93,6 +93,23 @@ class CoefFirstPlan:
         return self.mix.shape[0]
 
 
+def dense_as_penni(chain: ConvChain) -> ConvChain:
+    """A dense conv chain in PENNI form, exactly: d = kh·kw one-hot basis kernels (basis t picks tap t),
+    coefficients = the weights, ``C[o, i·k² + t] = W[o, i, ky, kx]``.
+
+    A conv whose weights are mostly zero (magnitude pruning) then runs on the sparse kernels, and
+    ``plan_penni_layer`` computes only the (channel, tap) maps some weight uses.
+    """
+    g = chain.geometry
+    cout, cin = chain.out_channels, g.in_channels
+    taps = g.kernel_h * g.kernel_w
+    one_hot = np.eye(taps, dtype=np.float32).reshape(taps, 1, g.kernel_h, g.kernel_w)  # (k², 1, kh, kw)
+    basis = np.tile(one_hot, (cin, 1, 1, 1))  # (Cin·k², 1, kh, kw): the same taps for every channel
+    coefs = np.ascontiguousarray(chain.weight.reshape(cout, cin * taps), dtype=np.float32)  # OIHW flattened
+    return ConvChain(PENNI_COMPOSITE, g, chain.out_shape, coefs, basis, chain.bias, chain.epilogue,
+                     chain.input_param, chain.residual_param)
+
+
 def plan_penni_layer(chain: ConvChain) -> PenniLayerPlan:
     """Keep only the maps some coefficient uses and store the coefficients as CSR over them."""
     g = chain.geometry

@@ -17,6 +17,8 @@ from .workload import dense_workload_key, penni_workload_key
 
 HAND_KERNEL = "hand"
 TVM_OPS = "metaschedule"
+#: A dense conv with mostly-zero weights, run in its exact PENNI form on the sparse kernels.
+SPARSE_KERNELS = "sparse"
 
 
 class FixedChooser:
@@ -49,6 +51,11 @@ class CostModelChooser(FixedChooser):
     def penni(self, plan: PenniLayerPlan) -> KernelConfig:
         return self._note(penni_workload_key(plan), cost_model.choose(plan, self.machine), "cost model")
 
+    def dense(self, chain: ConvChain) -> str:
+        impl = SPARSE_KERNELS if cost_model.sparse_dense_wins(chain, self.machine) else HAND_KERNEL
+        self.log[dense_workload_key(chain)] = {"impl": impl, "source": "cost model"}
+        return impl
+
 
 class DatabaseChooser(CostModelChooser):
     """The fastest measured option per layer for ``target_key``; the cost model elsewhere."""
@@ -70,6 +77,9 @@ class DatabaseChooser(CostModelChooser):
     def dense(self, chain: ConvChain) -> str:
         key = dense_workload_key(chain)
         record = self.database.best(self.target_key, key)
+        if record is None and cost_model.sparse_dense_wins(chain, self.machine):
+            self.log[key] = {"impl": SPARSE_KERNELS, "source": "cost model"}
+            return SPARSE_KERNELS
         impl = record.config.get("impl", HAND_KERNEL) if record else HAND_KERNEL
         self.log[key] = {"impl": impl, "source": "tuned" if record else "default",
                          **({"ms": record.ms} if record else {})}

@@ -19,7 +19,7 @@ import math
 from dataclasses import dataclass
 
 from ..kernels.config import KernelConfig
-from ..plan.layers import PenniLayerPlan
+from ..plan.layers import ConvChain, PenniLayerPlan, dense_as_penni, plan_penni_layer
 
 #: Map bytes that stay cheap to write and re-read (roughly a core's L2).
 _CACHE_BYTES = 1 << 20
@@ -30,6 +30,12 @@ _TRAFFIC = 0.5
 _SPILL = 1.0
 #: Fixed cost of one parallel kernel launch (thread wake-up and join), in vector ops.
 _LAUNCH = 12000
+#: A dense conv runs on the sparse kernels when their estimate is below this share of the GEMM's
+#: FMAs. The GEMM runs near the FMA peak, the sparse estimate is optimistic for 1×1 layers: measured
+#: (one core), a 256→256 1×1 at 28×28 is faster sparse up to ~40% density, a 64→64 3×3 up to ~45%.
+_SPARSE_MARGIN = 0.6
+#: Above this density no sparse form can win; skip building its plan.
+_MAX_SPARSE_DENSITY = 0.6
 
 
 @dataclass(frozen=True)
@@ -102,6 +108,28 @@ def _fused_rows(out_height: int, preferred: int) -> int:
     from ..kernels.cpu.fused_layer import fused_tile_rows
 
     return fused_tile_rows(out_height, preferred)
+
+
+def dense_cost(chain: ConvChain, m: Machine) -> float:
+    """Relative cost of a dense conv on the GEMM kernel: one vector FMA per weight and pixel vector."""
+    g = chain.geometry
+    fmas = g.batch * chain.out_channels * g.in_channels * g.kernel_h * g.kernel_w * _vectors(chain.pixels, m.lanes)
+    return fmas / m.threads + _LAUNCH
+
+
+def sparse_dense_wins(chain: ConvChain, m: Machine) -> bool:
+    """Whether a dense conv whose weights are mostly zero runs faster on the sparse PENNI kernels
+    (in its exact one-hot PENNI form, ``plan.layers.dense_as_penni``)."""
+    density = float((chain.weight != 0).mean()) if chain.weight.size else 1.0
+    if density > _MAX_SPARSE_DENSITY:
+        return False
+    plan = plan_penni_layer(dense_as_penni(chain))
+    if plan.coefs.nnz == 0:
+        return True  # all-zero weights: the epilogue alone
+    from .space import default_candidates
+
+    best = rank(plan, default_candidates(plan), m)[0][0]
+    return best < _SPARSE_MARGIN * dense_cost(chain, m)
 
 
 def rank(plan: PenniLayerPlan, configs: list[KernelConfig], m: Machine) -> list[tuple[float, KernelConfig]]:
