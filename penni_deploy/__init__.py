@@ -7,11 +7,11 @@ one (imported lazily: it needs torch and the TVM compiler).
 __version__ = "0.1.0"
 
 
-def load(path, device=None):
+def load(path, device=None, trusted_key=None):
     """Load a compiled ``.penni`` artifact; see :func:`penni_deploy.artifact.runtime.load`."""
     from .artifact.runtime import load as _load
 
-    return _load(path, device)
+    return _load(path, device, trusted_key)
 
 
 def compile_model(*args, **kwargs):
