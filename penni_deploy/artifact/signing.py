@@ -70,14 +70,18 @@ def _read_pem(path: KeyPath, what: str) -> bytes:
                              f"make one with: {_MAKE_KEY}") from None
 
 
-def _check_p256(key, path: KeyPath, what: str) -> None:
+def _check_p256(key, path: KeyPath) -> None:
     from cryptography.hazmat.primitives.asymmetric import ec
 
-    if not isinstance(key, (ec.EllipticCurvePrivateKey, ec.EllipticCurvePublicKey)) or \
-            not isinstance(key.curve, ec.SECP256R1):
-        kind = getattr(getattr(key, "curve", None), "name", None) or type(key).__name__
-        raise SignatureError(f"{os.fspath(path)} is a {kind} key; artifacts are signed with EC P-256 (prime256v1) "
-                             f"keys: {_MAKE_KEY}")
+    if isinstance(key, (ec.EllipticCurvePrivateKey, ec.EllipticCurvePublicKey)):
+        if isinstance(key.curve, ec.SECP256R1):
+            return
+        kind = f"a {key.curve.name}"
+    else:  # e.g. RSAPrivateKey -> "an RSA"
+        name = type(key).__name__.lstrip("_").replace("PrivateKey", "").replace("PublicKey", "")
+        kind = f"an {name}" if name[:1] in "AEIOUR" else f"a {name}"
+    raise SignatureError(f"{os.fspath(path)} holds {kind} key; artifacts are signed with EC P-256 (prime256v1) keys: "
+                         f"{_MAKE_KEY}")
 
 
 def load_private_key(path: KeyPath):
@@ -95,7 +99,7 @@ def load_private_key(path: KeyPath):
         if b"PUBLIC KEY" in pem:
             raise SignatureError(f"{os.fspath(path)} is a public key; sign with the private key it came from") from None
         raise SignatureError(f"{os.fspath(path)} is not a PEM private key ({exc}); make one with: {_MAKE_KEY}") from None
-    _check_p256(key, path, "signing key")
+    _check_p256(key, path)
     return key
 
 
@@ -112,7 +116,7 @@ def load_public_key(path: KeyPath):
             raise SignatureError(f"{os.fspath(path)} is a private key; trust its public half instead: "
                                  "openssl ec -in KEY.pem -pubout -out pub.pem") from None
         raise SignatureError(f"{os.fspath(path)} is not a PEM public key ({exc})") from None
-    _check_p256(key, path, "trusted key")
+    _check_p256(key, path)
     return key
 
 
