@@ -379,7 +379,8 @@ Model Model::Load(const std::string& path, const LoadOptions& options) {
 void Model::Run(const float* input, size_t input_count, float* output, size_t output_count) {
   const TensorSpec& in = this->input();
   const TensorSpec& out = this->output();
-  if (static_cast<int64_t>(input_count) != in.NumElements() || static_cast<int64_t>(output_count) != out.NumElements()) {
+  if (static_cast<int64_t>(input_count) != in.NumElements() ||
+      static_cast<int64_t>(output_count) != out.NumElements()) {
     std::ostringstream message;
     message << "the model takes " << in.NumElements() << " input and gives " << out.NumElements()
             << " output values, not " << input_count << " and " << output_count;

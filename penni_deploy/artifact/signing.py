@@ -98,7 +98,8 @@ def load_private_key(path: KeyPath):
     except (ValueError, UnsupportedAlgorithm) as exc:
         if b"PUBLIC KEY" in pem:
             raise SignatureError(f"{os.fspath(path)} is a public key; sign with the private key it came from") from None
-        raise SignatureError(f"{os.fspath(path)} is not a PEM private key ({exc}); make one with: {_MAKE_KEY}") from None
+        raise SignatureError(f"{os.fspath(path)} is not a PEM private key ({exc}); make one with: "
+                             f"{_MAKE_KEY}") from None
     _check_p256(key, path)
     return key
 

@@ -126,7 +126,8 @@ def test_signed_artifact_runs_with_its_key(runner, tiny, keys, tmp_path):
     assert result.returncode == 0, result.stderr
     expected = penni_deploy.load(tiny["artifact"])(np.load(tiny["x"]))
     np.testing.assert_allclose(np.load(tmp_path / "y.npy"), expected, rtol=1e-6, atol=1e-6)
-    by_env = penni_run(runner, keys["signed"], tiny["x"], tmp_path / "y2.npy", env={TRUSTED_KEY_ENV: str(keys["alice"][1])})
+    by_env = penni_run(runner, keys["signed"], tiny["x"], tmp_path / "y2.npy",
+                       env={TRUSTED_KEY_ENV: str(keys["alice"][1])})
     assert by_env.returncode == 0, by_env.stderr
 
 
@@ -165,7 +166,8 @@ REFUSALS = {
     "other-format": (lambda t, k, p: rewrite(t["artifact"], p / "fmt.penni",
                                              manifest_edit=lambda m: m.update(format_version=99)), None, False,
                      "artifact format version 99 is not supported"),
-    "unsigned-with-key": (lambda t, k, p: t["artifact"], "alice", False, "is not signed, and a trusted key is required"),
+    "unsigned-with-key": (lambda t, k, p: t["artifact"], "alice", False,
+                          "is not signed, and a trusted key is required"),
     "unsigned-with-env-key": (lambda t, k, p: t["artifact"], "alice", True, "is not signed"),
     "other-key": (_signed_by("mallory"), "alice", False, "is signed by another key"),
     "other-key-by-env": (_signed_by("mallory"), "alice", True, "is signed by another key"),
