@@ -7,11 +7,11 @@ one (imported lazily: it needs torch and the TVM compiler).
 __version__ = "0.1.0"
 
 
-def load(path, device=None, threads=None):
+def load(path, device=None, threads=None, trusted_key=None):
     """Load a compiled ``.penni`` artifact; see :func:`penni_deploy.artifact.runtime.load`."""
     from .artifact.runtime import load as _load
 
-    return _load(path, device, threads)
+    return _load(path, device, threads, trusted_key)
 
 
 def compile_model(*args, **kwargs):

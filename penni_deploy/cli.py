@@ -165,6 +165,9 @@ def run(
     device: Device = None,
     threads: Annotated[Optional[int], typer.Option(min=1, help="CPU threads (default: TVM_NUM_THREADS if set, "
                                                                "else every core this process may use).")] = None,
+    trusted_key: Annotated[Optional[Path], typer.Option(
+        help="Refuse ARTIFACT unless signed with this EC P-256 public key (PEM); default $PENNI_TRUSTED_KEY.")]
+    = None,
 ) -> None:
     """Run ARTIFACT on an input .npy file with the TVM runtime."""
     import numpy as np
@@ -175,11 +178,40 @@ def run(
         x = np.load(input, allow_pickle=False)
     except (OSError, ValueError) as exc:
         raise InputSpecError(f"cannot read {input} as a .npy array: {exc}") from None
-    y = load(str(artifact), device, threads)(x)
+    y = load(str(artifact), device, threads, trusted_key=trusted_key)(x)
     tmp = output.with_name(output.name + ".partial.npy")
     np.save(tmp, y)
     os.replace(tmp, output)
     typer.echo(f"wrote {output}: shape {tuple(y.shape)}, dtype {y.dtype}", err=True)
+
+
+@app.command()
+def sign(
+    artifact: Annotated[Path, typer.Argument(help="A .penni artifact, signed in place.")],
+    key: Annotated[Path, typer.Option("--key", help="EC P-256 private key (PEM), e.g. from "
+                                                    "`openssl ecparam -name prime256v1 -genkey -noout -out key.pem`.")],
+) -> None:
+    """Sign ARTIFACT's manifest and library with KEY (replacing any earlier signature)."""
+    from .artifact.signing import sign_artifact
+
+    signer = sign_artifact(artifact, key)
+    typer.echo(f"signed {artifact} with key {signer[:16]}…", err=True)
+
+
+@app.command()
+def verify(
+    artifact: Annotated[Path, typer.Argument(help="A .penni artifact.")],
+    key: Annotated[Optional[Path], typer.Option("--key", help="The trusted EC P-256 public key (PEM); default "
+                                                              "$PENNI_TRUSTED_KEY.")] = None,
+) -> None:
+    """Check ARTIFACT's integrity and its signature by KEY, without loading its native code."""
+    from .artifact.signing import resolve_trusted_key, verify_artifact
+
+    trusted = resolve_trusted_key(key)
+    if trusted is None:
+        raise PenniError("verify needs the trusted public key: --key PUB.pem (or set PENNI_TRUSTED_KEY)")
+    signer = verify_artifact(artifact, trusted)
+    typer.echo(f"ok: {artifact} is intact and signed by {trusted} (key {signer[:16]}…)")
 
 
 @app.command()

@@ -28,5 +28,9 @@ class ArtifactError(PenniError):
     """An artifact is corrupt, tampered with, or built for another target or TVM version."""
 
 
+class SignatureError(ArtifactError):
+    """An artifact is unsigned, signed by another key, or changed after signing; or a key file is unusable."""
+
+
 class TargetError(PenniError):
     """An unknown or unusable compilation target."""

@@ -3,6 +3,8 @@
 ``load(path)`` checks the file before trusting it: a readable zip, a manifest of a known format
 version, a library whose sha256 matches the manifest, the same TVM version, and a device that can
 run the target (e.g. an AVX-512 build on a CPU without AVX-512 is refused with the fix).
+With a trusted key (``trusted_key=`` or ``$PENNI_TRUSTED_KEY``) it also requires a valid signature
+(``signing.py``), checked on the bytes it then loads, before any native code is loaded.
 """
 
 from __future__ import annotations
@@ -27,13 +29,22 @@ def read_manifest(path: str) -> Manifest:
     return manifest
 
 
-def _read(path: str, with_library: bool) -> tuple[Manifest, bytes | None]:
+def _read(path: str, with_library: bool, trusted_key=None) -> tuple[Manifest, bytes | None]:
+    """Manifest and library of ``path``, checked; with a ``trusted_key`` (a PEM public key path;
+    ``$PENNI_TRUSTED_KEY`` when None) also its signature, over the very bytes returned."""
+    from .signing import SIGNATURE_NAME, resolve_trusted_key, verify_signature
+
+    trusted_key = resolve_trusted_key(trusted_key) if with_library else None
     if not os.path.isfile(path):
         raise ArtifactError(f"no such artifact: {path}")
     try:
         with zipfile.ZipFile(path) as archive:
-            manifest = Manifest.from_json(archive.read(MANIFEST_NAME).decode("utf-8"))
-            library = archive.read(manifest.library.get("file", LIBRARY_NAME)) if with_library else None
+            manifest_bytes = archive.read(MANIFEST_NAME)
+            manifest = Manifest.from_json(manifest_bytes.decode("utf-8"))
+            library_name = manifest.library.get("file", LIBRARY_NAME)
+            library = archive.read(library_name) if with_library else None
+            names = archive.namelist()
+            signature = archive.read(SIGNATURE_NAME) if trusted_key and SIGNATURE_NAME in names else None
     except (zipfile.BadZipFile, EOFError, OSError, zlib.error) as exc:
         raise ArtifactError(f"{path} is not a readable penni-deploy artifact (corrupt or truncated: {exc}); "
                             "recompile it") from None
@@ -42,6 +53,8 @@ def _read(path: str, with_library: bool) -> tuple[Manifest, bytes | None]:
     if library is not None and hashlib.sha256(library).hexdigest() != manifest.library.get("sha256"):
         raise ArtifactError(f"{path}: the library does not match the sha256 in its manifest (tampered or damaged); "
                             "recompile it")
+    if trusted_key:
+        verify_signature(path, names, manifest_bytes, library_name, library, signature, trusted_key)
     return manifest, library
 
 
@@ -150,16 +163,19 @@ class CompiledModel:
     threads : int, optional
         CPU threads per run; defaults to ``TVM_NUM_THREADS`` if set, else every core this process may
         run on (affinity mask and cgroup quota; see ``artifact.threads``).
+    trusted_key : str or os.PathLike, optional
+        An EC P-256 public key (PEM): refuse the artifact unless it is signed with its private half.
+        Default: ``$PENNI_TRUSTED_KEY`` when set, else no signature is required.
     """
 
-    def __init__(self, path: str, device: str | None = None, threads: int | None = None):
+    def __init__(self, path: str, device: str | None = None, threads: int | None = None, trusted_key=None):
         self.threads = thread_count.resolve_threads(threads)
         thread_count.prepare_pool(self.threads)  # before import tvm can start a pool
         import tvm
         from tvm.runtime.vm import VirtualMachine
 
         self.path = path
-        self.manifest, library = _read(path, with_library=True)
+        self.manifest, library = _read(path, with_library=True, trusted_key=trusted_key)
         device_kind = _check_runtime(self.manifest, device)
         with tempfile.TemporaryDirectory(prefix="penni-load-") as tmp:
             lib_path = os.path.join(tmp, LIBRARY_NAME)
@@ -212,9 +228,12 @@ def _as_numpy(x: Any) -> np.ndarray:
     return x
 
 
-def load(path: str | os.PathLike[str], device: str | None = None, threads: int | None = None) -> CompiledModel:
+def load(path: str | os.PathLike[str], device: str | None = None, threads: int | None = None,
+         trusted_key=None) -> CompiledModel:
     """Load a ``.penni`` artifact; the result is callable on NumPy arrays and torch tensors.
 
-    ``threads`` defaults to every core the process may use (or ``TVM_NUM_THREADS`` when set).
+    ``threads`` defaults to every core the process may use (or ``TVM_NUM_THREADS`` when set). With
+    ``trusted_key`` (a PEM public key path; default ``$PENNI_TRUSTED_KEY``) only an artifact signed by
+    that key is loaded.
     """
-    return CompiledModel(os.fspath(path), device, threads)
+    return CompiledModel(os.fspath(path), device, threads, trusted_key)
