@@ -285,7 +285,8 @@ def bench(
 
 @app.command()
 def example(
-    name: Annotated[str, typer.Argument(help="resnet18-random97, resnet56-random97 or vgg16-random97.")] = "resnet18-random97",
+    name: Annotated[str, typer.Argument(help="resnet18-random97, resnet56-random97, vgg16-random97, "
+                                             "resnet50-random95 or alexnet-random95.")] = "resnet18-random97",
     output: Annotated[Path, typer.Option("-o", "--output", help="Model file to write.")] = Path("model.pt"),
     format: Annotated[str, typer.Option(help="torchscript (input shape recorded), pt2, or state_dict "  # noqa: A002
                                               "(compile it with --arch).")] = "torchscript",
