@@ -14,7 +14,8 @@ in ``transforms.py``, so padded pixels become ``-mean / std``.
 
 Data-parallel runs split each epoch as ``DistributedSampler`` does (process r of N reads positions
 r, r+N, ... of one shared permutation, padded by repeating its start to a multiple of N), with the
-augmentation drawn per global position, so the N shares of a batch are the single-process batch.
+augmentation drawn per position of that permutation, so the N shares of a batch are the single-process
+batch, augmentation included.
 """
 
 from __future__ import annotations
@@ -130,21 +131,22 @@ class DeviceCifarBatches:
         crop offsets and flips of those positions (zeros and False when not augmenting).
         """
         n = len(self.labels)
-        total = self.positions() * self.world_size
         if self.train:
             gen = torch.Generator().manual_seed(self.seed * _EPOCH_STRIDE + self.epoch)
             order = torch.randperm(n, generator=gen)
-            top = torch.randint(0, 2 * CROP_PADDING + 1, (total,), generator=gen)
-            left = torch.randint(0, 2 * CROP_PADDING + 1, (total,), generator=gen)
-            flip = torch.rand(total, generator=gen) < FLIP_PROBABILITY
+            top = torch.randint(0, 2 * CROP_PADDING + 1, (n,), generator=gen)
+            left = torch.randint(0, 2 * CROP_PADDING + 1, (n,), generator=gen)
+            flip = torch.rand(n, generator=gen) < FLIP_PROBABILITY
         else:
             order = torch.arange(n)
         if not (self.train and self.augment):  # the centred, unflipped crop is the image itself
-            top = left = torch.full((total,), CROP_PADDING, dtype=torch.int64)
-            flip = torch.zeros(total, dtype=torch.bool)
-        order = torch.cat([order, order[: total - n]])  # padded as DistributedSampler pads
+            top = left = torch.full((n,), CROP_PADDING, dtype=torch.int64)
+            flip = torch.zeros(n, dtype=torch.bool)
+        # Drawn for n positions whatever the world size, then padded as DistributedSampler pads, so that
+        # the shares of N processes hold exactly the single-process draws.
+        extra = self.positions() * self.world_size - n
         share = slice(self.rank, None, self.world_size)
-        return order[share], top[share], left[share], flip[share]
+        return tuple(torch.cat([t, t[:extra]])[share] for t in (order, top, left, flip))
 
     def __iter__(self):
         order, top, left, flip = (t.to(self.device) for t in self.epoch_draws())
