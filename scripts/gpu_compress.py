@@ -39,8 +39,8 @@ import shutil  # noqa: E402
 import sys  # noqa: E402
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, REPO)
-sys.modules["tvm"] = None  # type: ignore[assignment]  # any import of TVM now fails: the GPU machine has none
+if REPO not in sys.path:
+    sys.path.insert(0, REPO)
 
 # Files the GPU machine sends back are at most 16 MiB each.
 MAX_RETURNED_BYTES = 15 * 1024 * 1024
@@ -78,6 +78,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--retrain-epochs", type=int, default=None, help="override the preset")
     parser.add_argument("--finetune-epochs", type=int, default=None, help="override the preset")
     parser.add_argument("--batch-size", type=int, default=None, help="override the preset")
+    parser.add_argument("--bf16", action=argparse.BooleanOptionalAction, default=None,
+                        help="bf16 autocast training (default: on CUDA)")
+    parser.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=None,
+                        help="channels-last training (default: on CUDA)")
     parser.add_argument("--penni-train-form", default=None, help="two_stage or dense (default: the probe's faster)")
     parser.add_argument("--probe-steps", type=int, default=20, help="timed steps per probe (0: no probe)")
     parser.add_argument("--probe-batches", default=None,
@@ -86,24 +90,45 @@ def parse_args(argv=None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def probe_throughput(arch: str, batch_sizes: list[int], steps: int, device: str, bf16: bool, channels_last: bool,
-                     log) -> dict:
-    """Training images/s of ``arch`` dense and PENNI (each form) on random batches, one entry per setting."""
+def probe_throughput(make_dense, input_shape: tuple[int, ...], batch_sizes: list[int], steps: int, device: str,
+                     bf16: bool, channels_last: bool, log) -> dict:
+    """Training images/s of the network ``make_dense()`` builds, dense and PENNI (each form), on random batches.
+
+    Parameters
+    ----------
+    make_dense : callable
+        Returns a fresh dense network with 10 outputs.
+    input_shape : tuple of int
+        One image, (C, H, W).
+    batch_sizes : list of int
+        One measurement per batch size and variant.
+    steps : int
+        Timed training steps per measurement, after ``min(3, steps)`` untimed ones (autotuning, caches).
+    device : str
+        Where to train.
+    bf16, channels_last : bool
+        Training options, as the run will use them.
+    log : callable
+        Receives one line per measurement.
+
+    Returns
+    -------
+    dict
+        The settings and ``results``: one ``{"model", "batch", "images_per_s", "steps"}`` per measurement.
+    """
     import torch
 
     from penni_deploy.method.decompose import decompose_model
     from penni_deploy.method.train import TrainConfig, make_optimizer, train_epoch
-    from penni_deploy.models import ARCHITECTURES, INPUT_SHAPES
     from penni_deploy.models.penni_conv import PenniConv2d
 
-    shape = INPUT_SHAPES[arch][1:]
     results = []
     torch.manual_seed(0)
     for batch in batch_sizes:
-        images = torch.randn(batch, *shape, device=device)
+        images = torch.randn(batch, *input_shape, device=device)
         labels = torch.randint(0, 10, (batch,), device=device)
         for variant in ("dense", "penni two_stage", "penni dense"):
-            model = ARCHITECTURES[arch](penni=False, num_classes=10).to(device)
+            model = make_dense().to(device)
             if variant != "dense":
                 model = decompose_model(model).to(device)
                 for module in model.modules():
@@ -117,9 +142,9 @@ def probe_throughput(arch: str, batch_sizes: list[int], steps: int, device: str,
             timed = train_epoch(model, [(images, labels)] * steps, optimizer, config, 0, device=device)
             results.append({"model": variant, "batch": batch, "images_per_s": round(timed.images_per_second, 1),
                             "steps": steps})
-            log(f"[probe] {arch} {variant:<15} batch {batch:<5} {timed.images_per_second:10.0f} train img/s")
+            log(f"[probe] {variant:<15} batch {batch:<5} {timed.images_per_second:10.0f} train img/s")
             del model, optimizer
-    return {"arch": arch, "device": device, "bf16": bf16, "channels_last": channels_last, "results": results}
+    return {"device": device, "bf16": bf16, "channels_last": channels_last, "results": results}
 
 
 def pack(path: str) -> list[str]:
@@ -142,6 +167,7 @@ def pack(path: str) -> list[str]:
 
 
 def main(argv=None) -> int:
+    sys.modules["tvm"] = None  # type: ignore[assignment]  # any import of TVM now fails: the GPU machine has none
     args = parse_args(argv)
     os.makedirs(args.out, exist_ok=True)
     log_file = open(os.path.join(args.out, "gpu_compress.log"), "a")
@@ -156,6 +182,7 @@ def main(argv=None) -> int:
 
     from penni_deploy.errors import PenniError
     from penni_deploy.method.compress import CompressConfig, check_config, compress
+    from penni_deploy.models import ARCHITECTURES, INPUT_SHAPES
 
     overrides = {k: v for k, v in dict(baseline_epochs=args.baseline_epochs, retrain_epochs=args.retrain_epochs,
                                        finetune_epochs=args.finetune_epochs, batch_size=args.batch_size).items()
@@ -164,7 +191,8 @@ def main(argv=None) -> int:
     output = os.path.join(args.out, f"{args.arch}-penni.pt")
     config = CompressConfig.from_preset(args.preset, arch=args.arch, data=args.data, output=output,
                                         device=args.device, subset=args.subset, test_subset=args.test_subset,
-                                        work_dir=work_dir, budget_reserve=args.reserve, **overrides)
+                                        work_dir=work_dir, budget_reserve=args.reserve, fast=True, bf16=args.bf16,
+                                        channels_last=args.channels_last, **overrides)
     try:
         check_config(config)
     except PenniError as exc:
@@ -180,8 +208,10 @@ def main(argv=None) -> int:
     if args.probe_steps > 0:
         batches = ([int(b) for b in args.probe_batches.split(",")] if args.probe_batches
                    else [config.batch_size, 4 * config.batch_size])
-        probe = probe_throughput(args.arch, batches, args.probe_steps, device,
-                                 config.use_bf16, config.use_channels_last, log)
+        probe = probe_throughput(lambda: ARCHITECTURES[args.arch](penni=False, num_classes=10),
+                                 INPUT_SHAPES[args.arch][1:], batches, args.probe_steps, device, config.use_bf16,
+                                 config.use_channels_last, log)
+        probe["arch"] = args.arch
         with open(os.path.join(args.out, "throughput.json"), "w") as f:
             json.dump(probe, f, indent=2)
         if form is None:
