@@ -321,6 +321,8 @@ def compress(
     eval_batch_size: Annotated[int, typer.Option(help="Evaluation batch of the --fast data path.")] = 1000,
     time_budget: Annotated[Optional[float], typer.Option(help="Seconds for the whole run: each stage keeps the "
                                                               "epochs its share of the clock affords.")] = None,
+    budget_reserve: Annotated[float, typer.Option(help="Of --time-budget, seconds kept for the final evaluations, "
+                                                       "shrink and writing the outputs.")] = 30.0,
     min_epochs: Annotated[int, typer.Option(help="Fewest epochs per training stage under --time-budget.")] = 1,
     penni_train_form: Annotated[str, typer.Option(help="PENNI layers while training: two_stage (basis conv + 1x1) or "
                                                        "dense (W = C·B rebuilt, as the reference trains).")]
@@ -340,7 +342,7 @@ def compress(
         preset, arch=arch, data=str(data), output=str(output), baseline=str(baseline) if baseline else None, l1=l1,
         num_bases=d, subset=subset, test_subset=test_subset, seed=seed, resume=resume, augment=augment,
         device=device, float64=float64, fast=fast, bf16=bf16, channels_last=channels_last,
-        eval_batch_size=eval_batch_size, time_budget=time_budget, min_epochs=min_epochs,
+        eval_batch_size=eval_batch_size, time_budget=time_budget, budget_reserve=budget_reserve, min_epochs=min_epochs,
         penni_train_form=penni_train_form, **schedule)
     check_config(config)
     summaries = run_compress(config)

@@ -128,12 +128,13 @@ def probe_throughput(make_dense, input_shape: tuple[int, ...], batch_sizes: list
         images = torch.randn(batch, *input_shape, device=device)
         labels = torch.randint(0, 10, (batch,), device=device)
         for variant in ("dense", "penni two_stage", "penni dense"):
-            model = make_dense().to(device)
+            model = make_dense()
             if variant != "dense":
-                model = decompose_model(model).to(device)
-                for module in model.modules():
-                    if isinstance(module, PenniConv2d):
-                        module.form = variant.split()[1]
+                model = decompose_model(model)  # on the CPU, as compress does
+            model.to(device)
+            for module in model.modules():
+                if isinstance(module, PenniConv2d):
+                    module.form = variant.split()[1]
             config = TrainConfig(1, lr=0.01, l1=1e-4 if variant != "dense" else 0.0, bf16=bf16,
                                  channels_last=channels_last)
             optimizer = make_optimizer(model, config)

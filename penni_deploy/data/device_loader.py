@@ -58,8 +58,9 @@ def crop_flip(images: torch.Tensor, top: torch.Tensor, left: torch.Tensor, flip:
     rows = top[:, None] + torch.arange(h, device=device)  # (N, H)
     cols = left[:, None] + torch.arange(w, device=device)  # (N, W)
     cols = torch.where(flip[:, None], cols.flip(1), cols)  # a mirrored crop reads its columns backwards
-    return padded[torch.arange(n, device=device)[:, None, None, None], torch.arange(c, device=device)[None, :, None, None],
-                  rows[:, None, :, None], cols[:, None, None, :]]
+    image = torch.arange(n, device=device)[:, None, None, None]
+    channel = torch.arange(c, device=device)[None, :, None, None]
+    return padded[image, channel, rows[:, None, :, None], cols[:, None, None, :]]  # (N, C, H, W)
 
 
 class DeviceCifarBatches:

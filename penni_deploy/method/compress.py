@@ -389,7 +389,9 @@ def _run_stages(config: CompressConfig) -> list[StageSummary]:
     record(_summary("baseline", dense, test_loader, start, device, ctx, shape, baseline_run))
 
     start = time.perf_counter()
-    model = decompose_model(dense, config.num_bases).to(device)
+    # Weight surgery (SVD here, slicing in shrink) runs on the CPU: it is cheap, and shrink.py builds
+    # its channel masks there.
+    model = decompose_model(dense.cpu(), config.num_bases).to(device)
     record(_summary("decompose", model, test_loader, start, device, ctx, shape))
 
     start = time.perf_counter()
@@ -412,7 +414,8 @@ def _run_stages(config: CompressConfig) -> list[StageSummary]:
 
     start = time.perf_counter()
     _set_form(model, "two_stage")
-    stats = shrink_model_(model)
+    stats = shrink_model_(model.cpu())
+    model.to(device)
     record(_summary("shrink", model, test_loader, start, device, ctx, shape, bases_removed=stats.bases_removed,
                     channels_removed=stats.channels_removed))
     if ctx.is_main:
