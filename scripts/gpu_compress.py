@@ -87,6 +87,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--probe-batches", default=None,
                         help="comma-separated batch sizes of the probe (default: the preset's batch and 4x it)")
     parser.add_argument("--work-dir", default=None, help="checkpoints (default: a temporary folder, not --out)")
+    parser.add_argument("--checkpoints", action=argparse.BooleanOptionalAction, default=False,
+                        help="write per-epoch checkpoints to --work-dir (off: a lent machine is not resumed)")
     return parser.parse_args(argv)
 
 
@@ -193,7 +195,7 @@ def main(argv=None) -> int:
     config = CompressConfig.from_preset(args.preset, arch=args.arch, data=args.data, output=output,
                                         device=args.device, subset=args.subset, test_subset=args.test_subset,
                                         work_dir=work_dir, budget_reserve=args.reserve, fast=True, bf16=args.bf16,
-                                        channels_last=args.channels_last, **overrides)
+                                        channels_last=args.channels_last, checkpoints=args.checkpoints, **overrides)
     try:
         check_config(config)
     except PenniError as exc:

@@ -88,6 +88,7 @@ class CompressConfig:
     budget_reserve: float = 30.0  # of those, kept for evaluations, shrink and writing the outputs
     min_epochs: int = 1  # fewest epochs per training stage under a time budget
     penni_train_form: str = "two_stage"  # PenniConv2d form while training; the output is always two_stage
+    checkpoints: bool = True  # per-epoch checkpoints for --resume (a one-shot GPU run skips their disk time)
 
     @classmethod
     def from_preset(cls, name: str | None, **values) -> CompressConfig:
@@ -239,7 +240,7 @@ def _checkpoint_path(config: CompressConfig, stage: str) -> str:
 
 
 def _save(config: CompressConfig, ctx: DistContext, stage: str, model: nn.Module, **state) -> None:
-    if not ctx.is_main:
+    if not ctx.is_main or not config.checkpoints:
         ctx.barrier()
         return
     os.makedirs(config.folder, exist_ok=True)
