@@ -238,6 +238,9 @@ def inspect(
                f"sha256 {manifest.source.get('sha256', '')[:16]}…")
     typer.echo(f"library      {manifest.library.get('bytes', 0) / 1e6:.2f} MB, sha256 "
                f"{manifest.library.get('sha256', '')[:16]}…  pipeline {manifest.pipeline}")
+    if manifest.preprocessing:
+        values = {k: ", ".join(f"{v:.4g}" for v in manifest.preprocessing[k]) for k in ("mean", "std")}
+        typer.echo(f"preprocess   (pixel / 255 - mean) / std per channel, mean [{values['mean']}], std [{values['std']}]")
     if manifest.layers:
         typer.echo(format_layer_table(manifest.layers))
 
@@ -323,16 +326,21 @@ def compress(
     data: Annotated[Path, typer.Option(help="cifar-10-batches-py folder, a folder with train.tar.gz/test.tar.gz, or "
                                             "(ImageNet) a folder with train/ and val/ class folders.")],
     output: Annotated[Path, typer.Option("-o", "--output", help="Model to write: TorchScript (.pt) or .pt2.")],
+    preset: Annotated[Optional[str], typer.Option(help="Named schedule: paper (default; 100 + 100 + 30 epochs) or "
+                                                       "paper-fast (40 + 40 + 12, about 10 GPU minutes for "
+                                                       "ResNet18). The flags below override it.")] = None,
     baseline: Annotated[Optional[Path], typer.Option(help="Dense state_dict to start from (skips baseline training).")] = None,
-    baseline_epochs: int = 100,
-    baseline_lr: Annotated[float, typer.Option(help="Learning rate of dense baseline training.")] = 0.1,
-    retrain_epochs: int = 100,
-    finetune_epochs: int = 30,
-    lr: float = 0.01,
+    baseline_epochs: Annotated[Optional[int], typer.Option(help="Dense training epochs [preset].")] = None,
+    baseline_lr: Annotated[Optional[float], typer.Option(help="Learning rate of dense baseline training [preset].")]
+    = None,
+    retrain_epochs: Annotated[Optional[int], typer.Option(help="Alternating retraining epochs [preset].")] = None,
+    finetune_epochs: Annotated[Optional[int], typer.Option(help="Masked fine-tuning epochs [preset].")] = None,
+    lr: Annotated[Optional[float], typer.Option(help="Learning rate of retraining and fine-tuning [preset].")] = None,
     l1: float = 1e-4,
-    interval: Annotated[int, typer.Option(help="Alternate coefficients/bases every N epochs.")] = 5,
+    interval: Annotated[Optional[int], typer.Option(help="Alternate coefficients/bases every N epochs [preset].")]
+    = None,
     d: Annotated[int, typer.Option("--d", help="Bases per layer.")] = 5,
-    batch_size: int = 128,
+    batch_size: Annotated[Optional[int], typer.Option(help="Global batch [preset].")] = None,
     subset: Annotated[Optional[int], typer.Option(help="Train on N images (balanced) for quick runs.")] = None,
     test_subset: Annotated[Optional[int], typer.Option(help="Evaluate on N test images.")] = None,
     seed: int = 0,
@@ -340,6 +348,21 @@ def compress(
     augment: Annotated[bool, typer.Option(help="Random crop + flip while training (the paper's).")] = True,
     device: Annotated[str, typer.Option(help="auto (CUDA when present), cpu or cuda.")] = "auto",
     float64: Annotated[bool, typer.Option("--float64", help="Train in double precision (exact comparisons).")] = False,
+    fast: Annotated[Optional[bool], typer.Option("--fast/--no-fast", help="Hold CIFAR-10 on the device as uint8 "
+                                                 "and augment it there per batch (default: on CUDA).")] = None,
+    bf16: Annotated[Optional[bool], typer.Option("--bf16/--no-bf16", help="Train under bf16 autocast; evaluation "
+                                                 "stays float32 (default: on CUDA).")] = None,
+    channels_last: Annotated[Optional[bool], typer.Option("--channels-last/--no-channels-last",
+                                                          help="Channels-last training (default: on CUDA).")] = None,
+    eval_batch_size: Annotated[int, typer.Option(help="Evaluation batch of the --fast data path.")] = 1000,
+    time_budget: Annotated[Optional[float], typer.Option(help="Seconds for the whole run: each stage keeps the "
+                                                              "epochs its share of the clock affords.")] = None,
+    budget_reserve: Annotated[float, typer.Option(help="Of --time-budget, seconds kept for the final evaluations, "
+                                                       "shrink and writing the outputs.")] = 30.0,
+    min_epochs: Annotated[int, typer.Option(help="Fewest epochs per training stage under --time-budget.")] = 1,
+    penni_train_form: Annotated[str, typer.Option(help="PENNI layers while training: two_stage (basis conv + 1x1) or "
+                                                       "dense (W = C·B rebuilt, as the reference trains).")]
+    = "two_stage",
 ) -> None:
     """Train, decompose, retrain, prune, fine-tune and shrink a network with the PENNI method.
 
@@ -348,13 +371,15 @@ def compress(
     from .method.compress import CompressConfig, check_config
     from .method.compress import compress as run_compress
 
-    config = CompressConfig(arch=arch, data=str(data), output=str(output),
-                            baseline=str(baseline) if baseline else None, baseline_epochs=baseline_epochs,
-                            baseline_lr=baseline_lr,
-                            retrain_epochs=retrain_epochs, finetune_epochs=finetune_epochs, lr=lr, l1=l1,
-                            interval=interval, num_bases=d, batch_size=batch_size, subset=subset,
-                            test_subset=test_subset, seed=seed, resume=resume, augment=augment, device=device,
-                            float64=float64)
+    schedule = {name: value for name, value in dict(
+        baseline_epochs=baseline_epochs, baseline_lr=baseline_lr, retrain_epochs=retrain_epochs,
+        finetune_epochs=finetune_epochs, lr=lr, interval=interval, batch_size=batch_size).items() if value is not None}
+    config = CompressConfig.from_preset(
+        preset, arch=arch, data=str(data), output=str(output), baseline=str(baseline) if baseline else None, l1=l1,
+        num_bases=d, subset=subset, test_subset=test_subset, seed=seed, resume=resume, augment=augment,
+        device=device, float64=float64, fast=fast, bf16=bf16, channels_last=channels_last,
+        eval_batch_size=eval_batch_size, time_budget=time_budget, budget_reserve=budget_reserve, min_epochs=min_epochs,
+        penni_train_form=penni_train_form, **schedule)
     check_config(config)
     summaries = run_compress(config)
     if int(os.environ.get("RANK", "0")) == 0:

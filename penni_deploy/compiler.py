@@ -135,6 +135,7 @@ def compile_loaded(loaded: LoadedModel, output: str, *, input_shape: tuple[int, 
         pipeline=options.pipeline,
         layers=built.layers,
         created=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        preprocessing=loaded.preprocessing.to_dict() if loaded.preprocessing else None,
     )
     progress(f"writing {output}")
     return write_artifact(output, built.executable, manifest)

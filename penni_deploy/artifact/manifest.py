@@ -37,9 +37,14 @@ class Manifest:
     pipeline: str
     layers: list[dict[str, Any]] = field(default_factory=list)
     created: str = ""
+    # {"mean": [...], "std": [...]} of [0, 1] pixels, as the model file recorded it; absent when it recorded none.
+    preprocessing: dict[str, list[float]] | None = None
 
     def to_json(self) -> str:
-        return json.dumps(asdict(self), indent=2)
+        raw = asdict(self)
+        if raw["preprocessing"] is None:
+            del raw["preprocessing"]  # say nothing rather than null: no values were known
+        return json.dumps(raw, indent=2)
 
     @classmethod
     def from_json(cls, text: str) -> Manifest:

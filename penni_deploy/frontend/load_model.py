@@ -28,12 +28,10 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from ..data.input_record import INPUT_SHAPE_EXTRA, PREPROCESSING_EXTRA, Preprocessing
 from ..errors import ModelLoadError
 
 logger = logging.getLogger(__name__)
-
-#: Name of the TorchScript extra file where penni-deploy records the input shape.
-INPUT_SHAPE_EXTRA = "penni_input_shape.json"
 
 #: Input shape of the CIFAR-10 networks (the zoo's per-architecture shapes are ``models.INPUT_SHAPES``).
 ZOO_INPUT_SHAPE = (1, 3, 32, 32)
@@ -46,7 +44,8 @@ _STATE_DICT_KEYS = ("state_dict", "model_state_dict", "model", "net")
 class LoadedModel:
     """A model ready for export: an ``nn.Module`` or an ``ExportedProgram``.
 
-    ``input_shape`` is the shape recorded in the file, if any; ``source_sha256`` fingerprints the file.
+    ``input_shape`` is the shape recorded in the file, if any; ``source_sha256`` fingerprints the file;
+    ``preprocessing`` is the mean and std of [0, 1] pixels the file records (``compress`` writes it), if any.
     """
 
     model: nn.Module | torch.export.ExportedProgram
@@ -54,6 +53,7 @@ class LoadedModel:
     input_shape: tuple[int, ...] | None
     source_sha256: str
     source_path: str | None = None
+    preprocessing: Preprocessing | None = None
 
 
 def file_sha256(path: str) -> str:
@@ -107,8 +107,19 @@ def load_model(path: str | os.PathLike[str], *, arch: str | None = None, trust_p
     return _load_torch_save(path, sha, arch, trust_pickle)
 
 
+def _read_preprocessing(text: str, path: str) -> Preprocessing | None:
+    """The recorded preprocessing, or None when the file records none (or a malformed one: nothing is guessed)."""
+    if not text:
+        return None
+    try:
+        return Preprocessing.from_json(text)
+    except ValueError as exc:
+        logger.warning("ignoring malformed %s in %s (%s)", PREPROCESSING_EXTRA, path, exc)
+        return None
+
+
 def _load_torchscript(path: str, sha: str) -> LoadedModel:
-    extra = {INPUT_SHAPE_EXTRA: ""}
+    extra = {INPUT_SHAPE_EXTRA: "", PREPROCESSING_EXTRA: ""}
     try:
         module = torch.jit.load(path, map_location="cpu", _extra_files=extra)
     except Exception as exc:  # torch raises RuntimeError/ValueError variants for damaged archives
@@ -119,18 +130,20 @@ def _load_torchscript(path: str, sha: str) -> LoadedModel:
             shape = tuple(int(v) for v in json.loads(extra[INPUT_SHAPE_EXTRA]))
         except (ValueError, TypeError):
             logger.warning("ignoring malformed %s in %s", INPUT_SHAPE_EXTRA, path)
-    return LoadedModel(module.eval(), "torchscript", shape, sha, path)
+    return LoadedModel(module.eval(), "torchscript", shape, sha, path,
+                       _read_preprocessing(extra[PREPROCESSING_EXTRA], path))
 
 
 def _load_pt2(path: str, sha: str) -> LoadedModel:
+    extra = {PREPROCESSING_EXTRA: ""}
     try:
-        program = torch.export.load(path)
+        program = torch.export.load(path, extra_files=extra)
     except Exception as exc:
         raise ModelLoadError(f"cannot load torch.export archive {path}: {_first_line(exc)}") from None
     shapes = user_input_shapes(program)
     if len(shapes) != 1:
         raise ModelLoadError(f"{path} takes {len(shapes)} inputs; penni-deploy compiles single-input CNNs")
-    return LoadedModel(program, "pt2", shapes[0], sha, path)
+    return LoadedModel(program, "pt2", shapes[0], sha, path, _read_preprocessing(extra[PREPROCESSING_EXTRA], path))
 
 
 def user_input_shapes(program: torch.export.ExportedProgram) -> list[tuple[int, ...]]:

@@ -35,7 +35,9 @@ def test_compress_end_to_end_then_compile(tmp_path, capsys):
     capsys.readouterr()
 
     artifact = tmp_path / "m.penni"
-    penni_deploy.compile_model(str(out), str(artifact))
+    manifest = penni_deploy.compile_model(str(out), str(artifact))
+    # The normalization the network was trained with travels from the model file into the manifest.
+    assert manifest.preprocessing == {"mean": [0.4914, 0.4822, 0.4465], "std": [0.2023, 0.1994, 0.201]}
     x = np.random.default_rng(0).standard_normal((1, 3, 32, 32)).astype(np.float32)
     with torch.inference_mode():
         expected = torch.jit.load(str(out))(torch.from_numpy(x)).numpy()
