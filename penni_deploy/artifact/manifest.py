@@ -37,6 +37,9 @@ class Manifest:
     pipeline: str
     layers: list[dict[str, Any]] = field(default_factory=list)
     created: str = ""
+    #: Every kernel call of ``main`` in run order, with its layer (``targets/kernel_table.py``);
+    #: empty in artifacts from before ``penni-deploy profile``.
+    kernels: list[dict[str, Any]] = field(default_factory=list)
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=2)
