@@ -56,8 +56,8 @@ def profile_artifact(path: str, x: np.ndarray | None = None, *, repeat: int = 50
         per kernel between the layers, slowest first, with shares, MACs, GMAC/s and fraction of
         peak), ``by_op`` (share per op kind), ``model_median_ms``, ``kernels_ms`` and ``peak``.
     """
-    if repeat < 1:
-        raise InputSpecError(f"--repeat must be at least 1, not {repeat}")
+    if repeat < 1 or peak_size < 1:
+        raise InputSpecError(f"--repeat and --peak-size must be at least 1, not {repeat} and {peak_size}")
     if threads is None:
         threads = os.cpu_count() or 1
     if threads < 1:
