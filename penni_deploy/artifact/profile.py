@@ -3,19 +3,19 @@
 Runtime side, like ``runtime.py``: NumPy and the TVM runtime only, no torch, no compiler. TVM 0.27 has
 no VM profiler any more (``VirtualMachine(profile=True)`` is gone), so:
 
-1. the artifact is loaded as ``penni_deploy.load`` loads it, and one inference runs with a VM
-   instrument (``set_instrument``) that records every kernel the VM calls with its arguments;
+1. the artifact is loaded as ``penni_deploy.load`` loads it, and ``repeat`` inferences run with a
+   VM instrument (``set_instrument``) that times every kernel call the VM makes, in place (the
+   ``median_ms`` of each call over the runs), and records the arguments of the first run;
 2. that call sequence must be the manifest's kernel table (``targets/kernel_table.py``), which says
    which conv layer each call computes;
-3. each call is timed on the arguments it had in the model by TVM's ``time_evaluator`` (C++, no
-   Python in the timing): the median of ``repeat`` single calls. Short single calls, not long loops,
-   because on a shared machine a long loop is almost always preempted somewhere, and then the
-   kernels of parallel code wait for a descheduled thread: the median of short calls skips those;
+3. each call is also timed alone on those arguments by TVM's ``time_evaluator`` (C++, the median of
+   ``repeat`` single calls): ``alone_ms``, with its weights and inputs warm in cache;
 4. the whole model is timed without the instrument, and a NumPy fp32 matmul measures the peak.
 
-A kernel timed alone runs with its inputs and weights warm in cache, as a kernel in a model mostly
-does (it reads what the previous one wrote); the gap between the sum of the kernels and the whole
-model is the VM's own work (allocation, calls) and what caches lose between kernels.
+The in-model time is what the model pays, including the caches a kernel finds cold (weights read
+once per inference come from memory: VGG16's 512×512 Linear takes 1.2 ms in the model, 0.35 ms
+alone), plus about a microsecond of instrument per call. The gap between the kernels' sum and the
+whole model is the VM's own work (allocations, builtins) and the instrument's.
 """
 
 from __future__ import annotations
@@ -42,7 +42,8 @@ def profile_artifact(path: str, x: np.ndarray | None = None, *, repeat: int = 50
     x : numpy.ndarray, optional
         Input of the compiled shape and dtype; seeded random normal values by default.
     repeat : int
-        Measurements per kernel, and timed runs of the whole model (medians are reported).
+        Instrumented runs, measurements of each kernel alone, and timed runs of the whole model
+        (medians are reported).
     threads : int, optional
         TVM threads (and the matmul peak's); all cores by default, as ``bench``. Takes effect only
         if no TVM kernel ran in this process before.
@@ -52,9 +53,11 @@ def profile_artifact(path: str, x: np.ndarray | None = None, *, repeat: int = 50
     Returns
     -------
     dict
-        JSON-able: ``kernels`` (each call in run order with ``median_ms``), ``rows`` (per layer, and
+        JSON-able: ``kernels`` (each call in run order with ``median_ms`` in the model and
+        ``alone_ms``), ``rows`` (per layer, and
         per kernel between the layers, slowest first, with shares, MACs, GMAC/s and fraction of
-        peak), ``by_op`` (share per op kind), ``model_median_ms``, ``kernels_ms`` and ``peak``.
+        peak), ``by_op`` (share per op kind), ``model_median_ms``, ``kernels_ms`` (in the model),
+        ``kernels_alone_ms`` and ``peak``.
     """
     if repeat < 1 or peak_size < 1:
         raise InputSpecError(f"--repeat and --peak-size must be at least 1, not {repeat} and {peak_size}")
@@ -74,7 +77,7 @@ def profile_artifact(path: str, x: np.ndarray | None = None, *, repeat: int = 50
     if x is None:
         x = np.random.default_rng(0).standard_normal(model.input_shape).astype(model.input_dtype)
     model(x)  # checks shape and dtype (one-line errors), and warms up
-    calls = _record_calls(model, x)
+    calls, seconds = _time_in_model(model, x, repeat)
     if [symbol for symbol, _ in calls] != [entry["kernel"] for entry in table]:
         raise ArtifactError(f"the kernels {path} runs ({len(calls)} calls) do not match its manifest's kernel table "
                             f"({len(table)} entries): the artifact is inconsistent; recompile it")
@@ -82,33 +85,51 @@ def profile_artifact(path: str, x: np.ndarray | None = None, *, repeat: int = 50
     kernels = []
     for position, ((symbol, args), entry) in enumerate(zip(calls, table)):
         evaluator = library.time_evaluator(symbol, model.device, number=1, repeat=repeat)
-        median_ms = float(np.median(evaluator(*args).results)) * 1e3
-        kernels.append({"position": position, **entry, "median_ms": median_ms})
+        kernels.append({"position": position, **entry, "median_ms": float(np.median(seconds[position])) * 1e3,
+                        "alone_ms": float(np.median(evaluator(*args).results)) * 1e3})
     model_ms = _model_median_ms(model, x, repeat)
     peak = matmul_peak(threads, n=peak_size)
     batch = model.input_shape[0]
     rows = _rows(kernels, model.manifest.layers, batch, peak["gmacs"])
     total = sum(k["median_ms"] for k in kernels)
-    return {"artifact": path, "input_shape": list(model.input_shape), "threads": threads, "repeat": repeat,
+    return {"kernels_alone_ms": sum(k["alone_ms"] for k in kernels),"artifact": path, "input_shape": list(model.input_shape), "threads": threads, "repeat": repeat,
             "model_median_ms": model_ms, "kernels_ms": total, "peak": peak, "rows": rows,
             "by_op": _by_op(rows, total), "kernels": kernels}
 
 
-def _record_calls(model: CompiledModel, x: np.ndarray) -> list[tuple[str, tuple]]:
-    """(symbol, arguments) of every kernel call of one inference, in order (VM builtins left out)."""
-    calls = []
+def _time_in_model(model: CompiledModel, x: np.ndarray, runs: int) -> tuple[list[tuple[str, tuple]], list[list]]:
+    """Every kernel call of ``runs`` inferences, timed in place (VM builtins left out).
+
+    Returns (symbol, arguments) of each call of the first run, in order, and per call position the
+    seconds it took in each run.
+    """
+    calls: list[tuple[str, tuple]] = []
+    seconds: list[list[float]] = []
+    position, started = 0, 0.0
 
     def instrument(func, symbol, before_run, ret_value, *args):
-        if before_run and not symbol.startswith("vm.builtin."):
-            calls.append((symbol, args))
+        nonlocal position, started
+        if symbol.startswith("vm.builtin."):
+            return 0
+        if before_run:
+            if len(calls) == position:
+                calls.append((symbol, args))
+                seconds.append([])
+            started = time.perf_counter()
+        else:
+            model.device.sync()
+            seconds[position].append(time.perf_counter() - started)
+            position += 1
         return 0  # VMInstrumentReturnKind.NO_OP: run the call
 
     model._vm.set_instrument(instrument)
     try:
-        model(x)
+        for _ in range(runs):
+            position = 0
+            model(x)
     finally:
         model._vm.set_instrument(None)
-    return calls
+    return calls, seconds
 
 
 def _library(model: CompiledModel):
@@ -146,6 +167,7 @@ def _rows(kernels: list[dict], layers: list[dict], batch: int, peak_gmacs: float
     rows = []
     for (kind, key), members in groups.items():
         ms = sum(k["median_ms"] for k in members)
+        alone_ms = sum(k["alone_ms"] for k in members)
         if kind == "layer":
             layer = layers[key]
             name, op, macs = layer_label(layer), layer["kind"], layer["macs_compiled"] * batch
@@ -155,7 +177,7 @@ def _rows(kernels: list[dict], layers: list[dict], batch: int, peak_gmacs: float
             macs = sum(macs_each) if all(m is not None for m in macs_each) else None
         gmacs = macs / (ms * 1e6) if macs is not None and ms > 0 else None
         rows.append({"name": name, "op": op, "layer": key if kind == "layer" else None,
-                     "kernels": sorted({k["kernel"] for k in members}), "calls": len(members), "median_ms": ms,
+                     "kernels": sorted({k["kernel"] for k in members}), "calls": len(members), "median_ms": ms, "alone_ms": alone_ms,
                      "share": ms / total, "macs": macs, "gmacs": gmacs,
                      "peak_fraction": gmacs / peak_gmacs if gmacs is not None else None})
     return sorted(rows, key=lambda r: -r["median_ms"])
@@ -176,22 +198,22 @@ def format_profile_table(report: dict) -> str:
     model_ms, kernels_ms = report["model_median_ms"], report["kernels_ms"]
     lines = [
         f"profile of {report['artifact']}: input {tuple(report['input_shape'])}, TVM threads {threads}, "
-        f"median of {report['repeat']} measurements per kernel",
-        f"whole model {model_ms:.3f} ms (median of {max(report['repeat'], 3)} runs); kernels sum {kernels_ms:.3f} ms "
-        f"({kernels_ms / model_ms:.0%} of it; the rest: VM calls, allocation, colder caches)",
+        f"medians of {report['repeat']} runs; 'ms' in the model, 'alone' with warm caches",
+        f"whole model {model_ms:.3f} ms; kernels sum {kernels_ms:.3f} ms in the model ({kernels_ms / model_ms:.0%} of "
+        f"it; the rest: VM builtins, instrument), {report['kernels_alone_ms']:.3f} ms alone",
         f"fp32 peak {peak['gmacs']:.1f} GMAC/s = {peak['peak_gflops']:.1f} GFLOP/s ({peak['library']} matmul "
         f"{peak['n']}², {peak['threads']} threads{'' if peak['threads_set'] else ', BLAS default threads'})",
         "",
     ]
-    header = f"{'layer / kernel':<40} {'op':<22} {'calls':>5} {'median ms':>10} {'share':>6} {'MACs':>13} " \
+    header = f"{'layer / kernel':<40} {'op':<20} {'calls':>5} {'ms':>9} {'share':>6} {'alone':>8} {'MACs':>13} " \
              f"{'GMAC/s':>7} {'% peak':>6}"
     lines += [header, "-" * len(header)]
     for row in report["rows"]:
         macs = f"{row['macs']:,}" if row["macs"] is not None else "-"
         gmacs = f"{row['gmacs']:.1f}" if row["gmacs"] is not None else "-"
         peak_pct = f"{row['peak_fraction']:.0%}" if row["peak_fraction"] is not None else "-"
-        lines.append(f"{row['name'][:40]:<40} {row['op'][:22]:<22} {row['calls']:>5} {row['median_ms']:>10.4f} "
-                     f"{row['share']:>6.1%} {macs:>13} {gmacs:>7} {peak_pct:>6}")
+        lines.append(f"{row['name'][:40]:<40} {row['op'][:20]:<20} {row['calls']:>5} {row['median_ms']:>9.4f} "
+                     f"{row['share']:>6.1%} {row['alone_ms']:>8.4f} {macs:>13} {gmacs:>7} {peak_pct:>6}")
     lines.append("")
     lines.append("by op: " + ", ".join(f"{op} {share:.1%}" for op, share in report["by_op"].items()))
     return "\n".join(lines)

@@ -84,9 +84,10 @@ def test_every_kernel_call_is_timed_in_run_order(artifact, report):
     calls = vm_calls(artifact)
     assert [k["kernel"] for k in report["kernels"]] == [symbol for symbol, _ in calls]
     assert len(calls) >= 8  # 5 conv layers, max pool, adaptive pool, Linear
-    assert all(k["median_ms"] > 0 for k in report["kernels"])
+    assert all(k["median_ms"] > 0 and k["alone_ms"] > 0 for k in report["kernels"])
     # what was timed is the model's work: the kernels add up to about the whole model, not to nothing
     assert 0.05 < report["kernels_ms"] / report["model_median_ms"] < 10
+    assert 0.05 < report["kernels_alone_ms"] / report["model_median_ms"] < 10
     assert sum(r["calls"] for r in report["rows"]) == len(calls)
 
 
