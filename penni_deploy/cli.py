@@ -246,6 +246,37 @@ def inspect(
 
 
 @app.command()
+def profile(
+    artifact: Annotated[Path, typer.Argument(help="A .penni artifact (CPU).")],
+    input: Annotated[Optional[Path], typer.Option("--input", "-i", help="Input array (.npy); default: random "  # noqa: A002
+                                                                         "values of the compiled shape.")] = None,
+    repeat: Annotated[int, typer.Option(help="Timed calls per kernel and runs of the whole model (medians).")] = 50,
+    threads: Annotated[Optional[int], typer.Option(help="TVM threads, and the matmul peak's (default: all "
+                                                        "cores).")] = None,
+    json_out: Annotated[Optional[Path], typer.Option("--json", help="Also write the report as JSON.")] = None,
+    peak_size: Annotated[int, typer.Option(help="Matrix size of the fp32 matmul that measures the peak.")] = 2048,
+) -> None:
+    """Time each kernel of ARTIFACT: per layer and per op between the layers, with MACs, GMAC/s and the
+    share of the total, against this machine's measured fp32 matmul peak; slowest first."""
+    import numpy as np
+
+    from .artifact.profile import format_profile_table, profile_artifact
+
+    x = None
+    if input is not None:
+        try:
+            x = np.load(input, allow_pickle=False)
+        except (OSError, ValueError) as exc:
+            raise InputSpecError(f"cannot read {input} as a .npy array: {exc}") from None
+    report = profile_artifact(str(artifact), x, repeat=repeat, threads=threads, peak_size=peak_size)
+    typer.echo(format_profile_table(report))
+    if json_out:
+        tmp = json_out.with_name(json_out.name + ".partial")
+        tmp.write_text(json.dumps(report, indent=2))
+        os.replace(tmp, json_out)
+
+
+@app.command()
 def bench(
     model: Annotated[Path, typer.Argument(help="Model file, as for compile.")],
     target: Target = "x86",

@@ -73,6 +73,7 @@ class CompiledProgram:
     output_shape: tuple[int, ...]
     layers: list[dict]
     pass_seconds: dict[str, float]
+    kernels: list[dict] = field(default_factory=list)  # the kernel table (``targets/kernel_table.py``)
 
 
 def _quiet(_msg: str) -> None:
@@ -92,9 +93,10 @@ def compile_program(program: torch.export.ExportedProgram, input_shape: tuple[in
     output_shape = tuple(int(d) for d in mod["main"].ret_ty.shape)
     progress(f"generating kernels and building for {target.describe()['tvm_target']}")
     start = time.perf_counter()
-    executable = target.build(mod, chooser, metaschedule_dir)
+    kernels: list[dict] = []
+    executable = target.build(mod, chooser, metaschedule_dir, kernel_table=kernels)
     seconds["build"] = time.perf_counter() - start
-    return CompiledProgram(executable, target, tuple(input_shape), output_shape, layers, seconds)
+    return CompiledProgram(executable, target, tuple(input_shape), output_shape, layers, seconds, kernels)
 
 
 def _choosers(target, tuning_db: str | None):
@@ -134,6 +136,7 @@ def compile_loaded(loaded: LoadedModel, output: str, *, input_shape: tuple[int, 
         library={},
         pipeline=options.pipeline,
         layers=built.layers,
+        kernels=built.kernels,
         created=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         preprocessing=loaded.preprocessing.to_dict() if loaded.preprocessing else None,
     )

@@ -39,6 +39,9 @@ class Manifest:
     created: str = ""
     # {"mean": [...], "std": [...]} of [0, 1] pixels, as the model file recorded it; absent when it recorded none.
     preprocessing: dict[str, list[float]] | None = None
+    #: Every kernel call of ``main`` in run order, with its layer (``targets/kernel_table.py``);
+    #: empty in artifacts from before ``penni-deploy profile``.
+    kernels: list[dict[str, Any]] = field(default_factory=list)
 
     def to_json(self) -> str:
         raw = asdict(self)

@@ -208,29 +208,11 @@ def measure(spec: dict) -> dict:
 
 
 def matmul_peak(spec: dict) -> dict:
-    """The best time of an ``n``×``n`` fp32 ``torch.mm`` at ``threads``: the machine's usable FMA rate.
+    """``roofline.matmul_peak`` with ``torch.mm`` at the spec's threads (``n``, ``repeat`` optional)."""
+    _import("torch")
+    from penni_deploy.bench.roofline import matmul_peak as measure_peak
 
-    Returns
-    -------
-    dict
-        ``gmacs`` (10^9 multiply-adds per second, ``n^3 / best time``), ``peak_gflops`` (twice that),
-        ``n`` and ``best_ms``.
-    """
-    torch = _import("torch")
-    torch.set_num_threads(spec["threads"])
-    n = spec.get("n", 2048)
-    gen = torch.Generator().manual_seed(0)
-    a, b = torch.randn(n, n, generator=gen), torch.randn(n, n, generator=gen)
-    out = torch.empty(n, n)
-    for _ in range(2):
-        torch.mm(a, b, out=out)
-    best = float("inf")
-    for _ in range(spec.get("repeat", 10)):
-        start = time.perf_counter()
-        torch.mm(a, b, out=out)
-        best = min(best, time.perf_counter() - start)
-    gmacs = n**3 / best / 1e9
-    return {"n": n, "best_ms": best * 1e3, "gmacs": gmacs, "peak_gflops": 2 * gmacs}
+    return measure_peak(spec["threads"], spec.get("n", 2048), spec.get("repeat", 10), library="torch")
 
 
 def main() -> None:

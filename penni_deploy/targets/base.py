@@ -59,12 +59,19 @@ class Target(abc.ABC):
 
         raise TargetError(f"tuning is not supported for --target {self.name}; tune with --target x86")
 
-    def build(self, mod: tvm.IRModule, chooser=None, metaschedule_dir: str | None = None) -> tvm.relax.Executable:
-        """Lower ``mod`` with this target's passes and build it."""
+    def build(self, mod: tvm.IRModule, chooser=None, metaschedule_dir: str | None = None,
+              kernel_table: list | None = None) -> tvm.relax.Executable:
+        """Lower ``mod`` with this target's passes and build it; ``kernel_table``, a list, receives the
+        manifest's kernel table (``kernel_table.py``)."""
+        from .kernel_table import KernelTableRecorder
+
         chooser = chooser or self.default_chooser()
+        recorder = KernelTableRecorder()
         with self.tvm_target:
-            mod = tvm.transform.Sequential(self.lowering_passes(chooser, metaschedule_dir),
+            mod = tvm.transform.Sequential(recorder.wrap(self.lowering_passes(chooser, metaschedule_dir)),
                                            name=f"{self.name}_lowering")(mod)
+        if kernel_table is not None:
+            kernel_table.extend(recorder.table(mod))
         executable = tvm.compile(mod, target=self.tvm_target, relax_pipeline=None)
         self.check_build(executable)
         return executable

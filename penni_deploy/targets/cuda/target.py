@@ -62,10 +62,11 @@ class CudaTarget(Target):
         return lowering_passes(self.kernels, schedule, chooser, metaschedule_dir,
                                after_memory_planning=[relax.transform.RewriteCUDAGraph()])
 
-    def build(self, mod: tvm.IRModule, chooser=None, metaschedule_dir: str | None = None) -> tvm.relax.Executable:
+    def build(self, mod: tvm.IRModule, chooser=None, metaschedule_dir: str | None = None,
+              kernel_table: list | None = None) -> tvm.relax.Executable:
         ensure_cuda_codegen_runtime()
         with fatbin_compiler(self.sass, self.ptx):
-            return super().build(mod, chooser, metaschedule_dir)
+            return super().build(mod, chooser, metaschedule_dir, kernel_table)
 
     def check_build(self, executable: tvm.relax.Executable) -> None:
         # A wrong pipeline or a missing CUDA runtime gives a "successful" build without device code.
