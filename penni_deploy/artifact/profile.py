@@ -20,7 +20,6 @@ whole model is the VM's own work (allocations, builtins) and the instrument's.
 
 from __future__ import annotations
 
-import os
 import time
 from collections import defaultdict
 
@@ -45,8 +44,7 @@ def profile_artifact(path: str, x: np.ndarray | None = None, *, repeat: int = 50
         Instrumented runs, measurements of each kernel alone, and timed runs of the whole model
         (medians are reported).
     threads : int, optional
-        TVM threads (and the matmul peak's); all cores by default, as ``bench``. Takes effect only
-        if no TVM kernel ran in this process before.
+        TVM threads (and the matmul peak's); the runtime's default (every usable core) when omitted.
     peak_size : int
         Matrix size of the peak measurement.
 
@@ -61,12 +59,8 @@ def profile_artifact(path: str, x: np.ndarray | None = None, *, repeat: int = 50
     """
     if repeat < 1 or peak_size < 1:
         raise InputSpecError(f"--repeat and --peak-size must be at least 1, not {repeat} and {peak_size}")
-    if threads is None:
-        threads = os.cpu_count() or 1
-    if threads < 1:
-        raise InputSpecError(f"--threads must be at least 1, not {threads}")
-    os.environ["TVM_NUM_THREADS"] = str(threads)  # until load(threads=) lands; as bench/launch.py does
-    model = load(path)
+    model = load(path, threads=threads)  # the runtime's default threads unless told: what a user gets
+    threads = model.threads
     if model.manifest.target.get("device", "cpu") != "cpu":
         raise ArtifactError(f"{path} is a {model.manifest.target.get('device')} artifact; profile measures CPU "
                             "artifacts (compile with --target x86)")
@@ -92,7 +86,8 @@ def profile_artifact(path: str, x: np.ndarray | None = None, *, repeat: int = 50
     batch = model.input_shape[0]
     rows = _rows(kernels, model.manifest.layers, batch, peak["gmacs"])
     total = sum(k["median_ms"] for k in kernels)
-    return {"kernels_alone_ms": sum(k["alone_ms"] for k in kernels),"artifact": path, "input_shape": list(model.input_shape), "threads": threads, "repeat": repeat,
+    return {"kernels_alone_ms": sum(k["alone_ms"] for k in kernels), "artifact": path,
+            "input_shape": list(model.input_shape), "threads": threads, "repeat": repeat,
             "model_median_ms": model_ms, "kernels_ms": total, "peak": peak, "rows": rows,
             "by_op": _by_op(rows, total), "kernels": kernels}
 

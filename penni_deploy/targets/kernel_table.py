@@ -153,8 +153,9 @@ def _shape(expr) -> list[int] | None:
 
 
 def _matmul_macs(name: str, args: list) -> int | None:
-    """Multiply-adds of a legalized matmul (``Linear``): output elements × the contracted size."""
-    if "matmul" not in name or len(args) < 2:
+    """Multiply-adds of a Linear (our ``linear`` kernel, or a legalized matmul): output elements × the
+    contracted size."""
+    if not ("matmul" in name or name.startswith("linear")) or len(args) < 2:
         return None
     a, out = _shape(args[0]), _shape(args[-1])
     if not a or not out:

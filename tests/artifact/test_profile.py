@@ -125,7 +125,7 @@ def test_layer_macs_are_the_manifests(artifact, report):
         assert row["macs"] == layer["macs_compiled"] * SHAPE[0]  # the manifest's are per image
         assert row["gmacs"] == pytest.approx(row["macs"] / (row["median_ms"] * 1e6))
         assert row["peak_fraction"] == pytest.approx(row["gmacs"] / report["peak"]["gmacs"])
-    (linear,) = [r for r in report["rows"] if r["layer"] is None and "matmul" in r["op"]]
+    (linear,) = [r for r in report["rows"] if r["layer"] is None and r["op"] in ("linear", "matmul", "matmul_add")]
     assert linear["macs"] == SHAPE[0] * 16 * 5
 
 
