@@ -18,7 +18,8 @@ from typing import Annotated, Optional
 
 import typer
 
-from .errors import InputSpecError, PenniError
+from .errors import InputSpecError, OutputPathError, PenniError
+from .paths import check_output_file, check_output_folder
 
 app = typer.Typer(add_completion=False, no_args_is_help=True,
                   help="Compile PENNI-compressed CNNs into fast, deployable TVM artifacts.")
@@ -101,6 +102,7 @@ def compile(  # noqa: A001 - the command is called compile
     from .compiler import CompileOptions, compile_model
     from .passes.layer_report import format_layer_table
 
+    check_output_file(output, "-o", create_folders=True)  # before minutes of compiling, not after
     model_arch, gpu_arch = _split_arch(arch)
     options = CompileOptions(target=target, mcpu=mcpu, gpu_arch=gpu_arch, pipeline=pipeline,
                              tuning_db=str(tuning_db) if tuning_db else None)
@@ -139,6 +141,7 @@ def tune(
 
     if trials < 1 or dense_trials < 0:
         raise InputSpecError("--trials must be >= 1 and --dense-trials >= 0")
+    check_output_folder(db, "--db")
     model_arch, gpu_arch = _split_arch(arch)
     target_obj = CompileOptions(target=target, mcpu=mcpu, gpu_arch=gpu_arch).make_target()
     progress = _Progress()
@@ -168,14 +171,19 @@ def run(
 
     from .artifact.runtime import load
 
+    check_output_file(output, "--output")
     try:
         x = np.load(input, allow_pickle=False)
     except (OSError, ValueError) as exc:
         raise InputSpecError(f"cannot read {input} as a .npy array: {exc}") from None
     y = load(str(artifact), device)(x)
     tmp = output.with_name(output.name + ".partial.npy")
-    np.save(tmp, y)
-    os.replace(tmp, output)
+    try:
+        np.save(tmp, y)
+        os.replace(tmp, output)
+    except OSError as exc:
+        tmp.unlink(missing_ok=True)
+        raise OutputPathError(f"cannot write --output {output}: {exc}") from None
     typer.echo(f"wrote {output}: shape {tuple(y.shape)}, dtype {y.dtype}", err=True)
 
 
@@ -184,13 +192,20 @@ def inspect(
     artifact: Annotated[Path, typer.Argument(help="A .penni artifact.")],
     as_json: Annotated[bool, typer.Option("--json", help="Print the raw manifest.")] = False,
 ) -> None:
-    """Show what an artifact holds: target, shapes, source, per-layer statistics."""
-    from .artifact.runtime import read_manifest
+    """Show what an artifact holds: target, shapes, source, per-layer statistics.
+
+    The file is checked as `run` checks it (a damaged one is refused); what this machine lacks to
+    run it (another TVM version, no such device or CPU feature) is reported, not refused.
+    """
+    from .artifact.runtime import verify_artifact
     from .passes.layer_report import format_layer_table
 
-    manifest = read_manifest(str(artifact))
+    report = verify_artifact(str(artifact))
+    manifest = report.manifest
     if as_json:
         typer.echo(manifest.to_json())
+        for problem in report.problems:
+            typer.echo(f"warning: cannot run here: {problem}", err=True)
         return
     t = manifest.target
     typer.echo(f"artifact     {artifact} (format {manifest.format_version}, {manifest.producer}, {manifest.created})")
@@ -203,6 +218,8 @@ def inspect(
                f"sha256 {manifest.source.get('sha256', '')[:16]}…")
     typer.echo(f"library      {manifest.library.get('bytes', 0) / 1e6:.2f} MB, sha256 "
                f"{manifest.library.get('sha256', '')[:16]}…  pipeline {manifest.pipeline}")
+    for problem in report.problems or [None]:
+        typer.echo(f"runs here    {'no: ' + problem if problem else 'yes'}")
     if manifest.layers:
         typer.echo(format_layer_table(manifest.layers))
 
@@ -263,6 +280,9 @@ def example(
     from .frontend.load_model import INPUT_SHAPE_EXTRA, ZOO_INPUT_SHAPE
     from .models.examples import EXAMPLES, make_example
 
+    check_output_file(output, "-o")
+    if sample_input:
+        check_output_file(sample_input, "--sample-input")
     model = make_example(name)
     example_input = torch.zeros(ZOO_INPUT_SHAPE)
     if format == "torchscript":

@@ -30,3 +30,7 @@ class ArtifactError(PenniError):
 
 class TargetError(PenniError):
     """An unknown or unusable compilation target."""
+
+
+class OutputPathError(PenniError):
+    """An output path cannot be written: its folder is missing or a file, or it is a folder itself."""
