@@ -11,7 +11,6 @@ import logging
 import os
 import re
 import sys
-import time
 import warnings
 from pathlib import Path
 from typing import Annotated, Optional
@@ -20,6 +19,7 @@ import typer
 
 from .errors import InputSpecError, OutputPathError, PenniError
 from .paths import check_output_file, check_output_folder
+from .progress import Progress
 
 app = typer.Typer(add_completion=False, no_args_is_help=True,
                   help="Compile PENNI-compressed CNNs into fast, deployable TVM artifacts.")
@@ -45,18 +45,6 @@ def _int_list(text: str, option: str) -> tuple[int, ...]:
     return values
 
 
-class _Progress:
-    """Prints stage lines with elapsed time to stderr, so long compiles show where they are."""
-
-    def __init__(self, quiet: bool = False):
-        self.start = time.perf_counter()
-        self.quiet = quiet
-
-    def __call__(self, message: str) -> None:
-        if not self.quiet:
-            print(f"[{time.perf_counter() - self.start:6.1f}s] {message}", file=sys.stderr, flush=True)
-
-
 Arch = Annotated[Optional[list[str]], typer.Option(
     help="Model architecture of a state_dict checkpoint (resnet18, resnet20, resnet56, vgg16, alexnet, resnet50), "
          "and/or the GPU architecture "
@@ -80,6 +68,7 @@ TrustPickle = Annotated[bool, typer.Option(
 InputShape = Annotated[Optional[str], typer.Option(help="Input shape N,C,H,W when the file records none.")]
 Target = Annotated[str, typer.Option(help="Compilation target.")]
 Mcpu = Annotated[Optional[str], typer.Option(help="CPU to build for (LLVM name, e.g. skylake-avx512); default: this host.")]
+Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="No progress output.")]
 
 
 @app.command()
@@ -96,22 +85,23 @@ def compile(  # noqa: A001 - the command is called compile
     tuning_db: Annotated[Optional[Path], typer.Option(help="Use the fastest kernels found by `penni-deploy tune` "
                                                            "in this folder.")] = None,
     report: Annotated[bool, typer.Option("--report", help="Print the per-layer table.")] = False,
-    quiet: Annotated[bool, typer.Option("--quiet", "-q")] = False,
+    quiet: Quiet = False,
 ) -> None:
     """Compile MODEL into one deployable artifact file."""
-    from .compiler import CompileOptions, compile_model
+    from .compiler import COMPILE_STAGES, CompileOptions, compile_model
     from .passes.layer_report import format_layer_table
 
     check_output_file(output, "-o", create_folders=True)  # before minutes of compiling, not after
     model_arch, gpu_arch = _split_arch(arch)
     options = CompileOptions(target=target, mcpu=mcpu, gpu_arch=gpu_arch, pipeline=pipeline,
                              tuning_db=str(tuning_db) if tuning_db else None)
-    progress = _Progress(quiet)
-    manifest = compile_model(str(model), str(output), arch=model_arch, trust_pickle=trust_pickle,
-                             input_shape=_shape(input_shape), batch=batch, options=options, progress=progress)
+    progress = Progress(quiet, stages=COMPILE_STAGES, label="compile")
+    with progress.activate():
+        manifest = compile_model(str(model), str(output), arch=model_arch, trust_pickle=trust_pickle,
+                                 input_shape=_shape(input_shape), batch=batch, options=options, progress=progress)
     if report:
         typer.echo(format_layer_table(manifest.layers))
-    progress(f"wrote {output} ({manifest.library['bytes'] / 1e6:.1f} MB library)")
+    progress.line(f"wrote {output} ({manifest.library['bytes'] / 1e6:.1f} MB library)")
 
 
 @app.command()
@@ -130,6 +120,7 @@ def tune(
     rpc_tracker: Annotated[Optional[str], typer.Option(help="Measure on devices of this TVM RPC tracker, HOST:PORT.")]
     = None,
     rpc_key: Annotated[Optional[str], typer.Option(help="Device key registered with the RPC tracker.")] = None,
+    quiet: Quiet = False,
 ) -> None:
     """Measure each layer's kernel options on this machine (or over RPC) and store the fastest in --db.
 
@@ -144,12 +135,13 @@ def tune(
     check_output_folder(db, "--db")
     model_arch, gpu_arch = _split_arch(arch)
     target_obj = CompileOptions(target=target, mcpu=mcpu, gpu_arch=gpu_arch).make_target()
-    progress = _Progress()
-    progress(f"loading {model}")
-    loaded = load_model(str(model), arch=model_arch, trust_pickle=trust_pickle)
-    summary = tune_loaded(loaded, str(db), target_obj, input_shape=_shape(input_shape), batch=batch,
-                          options=TuneOptions(trials=trials, dense_trials=dense_trials, rpc_tracker=rpc_tracker,
-                                              rpc_key=rpc_key), progress=progress)
+    progress = Progress(quiet)
+    with progress.activate():
+        progress(f"loading {model}")
+        loaded = load_model(str(model), arch=model_arch, trust_pickle=trust_pickle)
+        summary = tune_loaded(loaded, str(db), target_obj, input_shape=_shape(input_shape), batch=batch,
+                              options=TuneOptions(trials=trials, dense_trials=dense_trials, rpc_tracker=rpc_tracker,
+                                                  rpc_key=rpc_key), progress=progress)
     for layer in summary["layers"]:
         best, untuned = layer["best_ms"], layer["cost_model_ms"]
         gain = f"{untuned / best:.2f}× over the cost model's pick" if best and untuned else ""
@@ -255,7 +247,7 @@ def bench(
                            compile=CompileOptions(target=target, mcpu=mcpu, gpu_arch=gpu_arch,
                                                   tuning_db=str(tuning_db) if tuning_db else None), peers=peers)
     report = run_bench(str(model), arch=model_arch, trust_pickle=trust_pickle, input_shape=_shape(input_shape),
-                       options=options, progress=_Progress())
+                       options=options, progress=Progress())
     typer.echo(format_bench_table(report))
     if json_out:
         json_out.write_text(json.dumps(report, indent=2))
@@ -324,6 +316,7 @@ def compress(
     augment: Annotated[bool, typer.Option(help="Random crop + flip while training (the paper's).")] = True,
     device: Annotated[str, typer.Option(help="auto (CUDA when present), cpu or cuda.")] = "auto",
     float64: Annotated[bool, typer.Option("--float64", help="Train in double precision (exact comparisons).")] = False,
+    quiet: Quiet = False,
 ) -> None:
     """Train, decompose, retrain, prune, fine-tune and shrink a network with the PENNI method.
 
@@ -340,7 +333,7 @@ def compress(
                             test_subset=test_subset, seed=seed, resume=resume, augment=augment, device=device,
                             float64=float64)
     check_config(config)
-    summaries = run_compress(config)
+    summaries = run_compress(config, Progress(quiet))
     if int(os.environ.get("RANK", "0")) == 0:
         for summary in summaries:
             typer.echo(summary.line())

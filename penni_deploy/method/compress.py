@@ -16,7 +16,6 @@ import json
 import logging
 import os
 import time
-from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 
 import torch
@@ -24,6 +23,7 @@ from torch import nn
 from torch.utils.data import DataLoader, DistributedSampler
 
 from ..errors import PenniError
+from ..progress import Progress
 from .counting import count_model, format_count
 from .decompose import decompose_model
 from .distributed import (
@@ -35,7 +35,7 @@ from .distributed import (
 from .plot import plot_stages
 from .prune import prune_coefficients_
 from .shrink import shrink_model_
-from .train import TrainConfig, evaluate, make_optimizer, stderr_progress, train_epoch
+from .train import TrainConfig, evaluate, make_optimizer, train_epoch
 
 logger = logging.getLogger(__name__)
 
@@ -156,17 +156,17 @@ def _load(config: CompressConfig, stage: str) -> dict | None:
 
 
 def _summary(stage: str, model: nn.Module, test_loader, start: float, device: str, ctx: DistContext,
-             input_shape: tuple[int, ...], **extra) -> StageSummary:
+             input_shape: tuple[int, ...], progress: Progress, **extra) -> StageSummary:
     count = count_model(copy.deepcopy(model).cpu().float(), input_shape)
     summary = StageSummary(stage, evaluate(model, test_loader, device), count.params, count.effective_params, count.macs,
                            count.coef_density, time.perf_counter() - start, extra)
     if ctx.is_main:
-        stderr_progress(f"[{stage}] {summary.line()}  ({format_count(count)})")
+        progress.line(f"[{stage}] {summary.line()}  ({format_count(count)})")
     return summary
 
 
 def _train_stage(config: CompressConfig, ctx: DistContext, stage: str, model: nn.Module, train_loader,
-                 train_config: TrainConfig, masks=None) -> nn.Module:
+                 train_config: TrainConfig, progress: Progress, masks=None) -> nn.Module:
     optimizer = make_optimizer(model, train_config)
     first_epoch = 0
     saved = _load(config, stage)
@@ -176,32 +176,43 @@ def _train_stage(config: CompressConfig, ctx: DistContext, stage: str, model: nn
         optimizer.load_state_dict(saved["optimizer"])
         first_epoch = saved["epoch"] + 1
         if ctx.is_main:
-            stderr_progress(f"[{stage}] resuming after epoch {first_epoch}")
+            progress.line(f"[{stage}] resuming after epoch {first_epoch}")
     trained = wrap_for_training(model, ctx, config.torch_device)
+    # one bar per stage over its epochs; train_epoch's mid-epoch lines become the bar's message
+    task = None
+    if ctx.is_main and first_epoch < train_config.epochs:
+        task = progress.task(train_config.epochs, f"[{stage}]")
+        if first_epoch:
+            task.update(first_epoch, "resumed")
     for epoch in range(first_epoch, train_config.epochs):
         train_loader.sampler.set_epoch(epoch)
         train_epoch(trained, train_loader, optimizer, train_config, epoch, masks,
-                    stderr_progress if ctx.is_main else None, config.torch_device)
+                    task.note if task else None, config.torch_device)
         _save(config, ctx, stage, model, optimizer=optimizer.state_dict(), epoch=epoch,
               done=epoch + 1 == train_config.epochs)
+        if task:
+            task.update(epoch + 1)
+    if task:
+        task.close()
     for p in model.parameters():
         p.requires_grad_(True)
     return model
 
 
-def compress(config: CompressConfig, progress: Callable[[str], None] = stderr_progress) -> list[StageSummary]:
-    """Run every stage; write the TorchScript model, the reference-layout state_dict and the summary."""
+def compress(config: CompressConfig, progress: Progress | None = None) -> list[StageSummary]:
+    """Run every stage; write the TorchScript model, the reference-layout state_dict and the summary.
+    ``progress`` draws the per-stage epoch bars and prints the summaries (default: on stderr)."""
     torch.manual_seed(config.seed)
     previous_dtype = torch.get_default_dtype()
     if config.float64:
         torch.set_default_dtype(torch.float64)
     try:
-        return _run_stages(config)
+        return _run_stages(config, progress or Progress())
     finally:
         torch.set_default_dtype(previous_dtype)
 
 
-def _run_stages(config: CompressConfig) -> list[StageSummary]:
+def _run_stages(config: CompressConfig, progress: Progress) -> list[StageSummary]:
     device = config.torch_device
     ctx = init_from_env(device)
     train_loader, test_loader, num_classes = _loaders(config, ctx)
@@ -217,30 +228,31 @@ def _run_stages(config: CompressConfig) -> list[StageSummary]:
     if config.baseline:
         dense.load_state_dict(torch.load(config.baseline, map_location="cpu", weights_only=True))
     else:
-        _train_stage(config, ctx, "baseline", dense, train_loader, TrainConfig(config.baseline_epochs, lr=config.baseline_lr))
-    summaries.append(_summary("baseline", dense, test_loader, start, device, ctx, shape))
+        _train_stage(config, ctx, "baseline", dense, train_loader, TrainConfig(config.baseline_epochs, lr=config.baseline_lr),
+                     progress)
+    summaries.append(_summary("baseline", dense, test_loader, start, device, ctx, shape, progress))
 
     start = time.perf_counter()
     model = decompose_model(dense, config.num_bases).to(device)
-    summaries.append(_summary("decompose", model, test_loader, start, device, ctx, shape))
+    summaries.append(_summary("decompose", model, test_loader, start, device, ctx, shape, progress))
 
     start = time.perf_counter()
     retrain = TrainConfig(config.retrain_epochs, lr=config.lr, l1=config.l1, alternate_every=config.interval)
-    _train_stage(config, ctx, "retrain", model, train_loader, retrain)
-    summaries.append(_summary("retrain", model, test_loader, start, device, ctx, shape))
+    _train_stage(config, ctx, "retrain", model, train_loader, retrain, progress)
+    summaries.append(_summary("retrain", model, test_loader, start, device, ctx, shape, progress))
 
     start = time.perf_counter()
     masks = prune_coefficients_(model)
-    summaries.append(_summary("prune", model, test_loader, start, device, ctx, shape))
+    summaries.append(_summary("prune", model, test_loader, start, device, ctx, shape, progress))
 
     start = time.perf_counter()
     _train_stage(config, ctx, "finetune", model, train_loader, TrainConfig(config.finetune_epochs, lr=config.lr),
-                 masks=masks)
-    summaries.append(_summary("finetune", model, test_loader, start, device, ctx, shape))
+                 progress, masks=masks)
+    summaries.append(_summary("finetune", model, test_loader, start, device, ctx, shape, progress))
 
     start = time.perf_counter()
     stats = shrink_model_(model)
-    summaries.append(_summary("shrink", model, test_loader, start, device, ctx, shape, bases_removed=stats.bases_removed,
+    summaries.append(_summary("shrink", model, test_loader, start, device, ctx, shape, progress, bases_removed=stats.bases_removed,
                               channels_removed=stats.channels_removed))
     if ctx.is_main:
         write_outputs(config, model.cpu().float(), summaries)
