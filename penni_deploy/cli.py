@@ -11,15 +11,16 @@ import logging
 import os
 import re
 import sys
-import time
 import warnings
 from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
 
-from .errors import InputSpecError, PenniError
+from .errors import InputSpecError, OutputPathError, PenniError
 from .machine import available_cores
+from .paths import check_output_file, check_output_folder
+from .progress import Progress
 
 app = typer.Typer(add_completion=False, no_args_is_help=True,
                   help="Compile PENNI-compressed CNNs into fast, deployable TVM artifacts.")
@@ -45,18 +46,6 @@ def _int_list(text: str, option: str) -> tuple[int, ...]:
     return values
 
 
-class _Progress:
-    """Prints stage lines with elapsed time to stderr, so long compiles show where they are."""
-
-    def __init__(self, quiet: bool = False):
-        self.start = time.perf_counter()
-        self.quiet = quiet
-
-    def __call__(self, message: str) -> None:
-        if not self.quiet:
-            print(f"[{time.perf_counter() - self.start:6.1f}s] {message}", file=sys.stderr, flush=True)
-
-
 Arch = Annotated[Optional[list[str]], typer.Option(
     help="Model architecture of a state_dict checkpoint (resnet18, resnet20, resnet56, vgg16, alexnet, resnet50), "
          "and/or the GPU architecture "
@@ -80,6 +69,7 @@ TrustPickle = Annotated[bool, typer.Option(
 InputShape = Annotated[Optional[str], typer.Option(help="Input shape N,C,H,W when the file records none.")]
 Target = Annotated[str, typer.Option(help="Compilation target.")]
 Mcpu = Annotated[Optional[str], typer.Option(help="CPU to build for (LLVM name, e.g. skylake-avx512); default: this host.")]
+Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="No progress output.")]
 
 
 @app.command()
@@ -96,21 +86,23 @@ def compile(  # noqa: A001 - the command is called compile
     tuning_db: Annotated[Optional[Path], typer.Option(help="Use the fastest kernels found by `penni-deploy tune` "
                                                            "in this folder.")] = None,
     report: Annotated[bool, typer.Option("--report", help="Print the per-layer table.")] = False,
-    quiet: Annotated[bool, typer.Option("--quiet", "-q")] = False,
+    quiet: Quiet = False,
 ) -> None:
     """Compile MODEL into one deployable artifact file."""
-    from .compiler import CompileOptions, compile_model
+    from .compiler import COMPILE_STAGES, CompileOptions, compile_model
     from .passes.layer_report import format_layer_table
 
+    check_output_file(output, "-o", create_folders=True)  # before minutes of compiling, not after
     model_arch, gpu_arch = _split_arch(arch)
     options = CompileOptions(target=target, mcpu=mcpu, gpu_arch=gpu_arch, pipeline=pipeline,
                              tuning_db=str(tuning_db) if tuning_db else None)
-    progress = _Progress(quiet)
-    manifest = compile_model(str(model), str(output), arch=model_arch, trust_pickle=trust_pickle,
-                             input_shape=_shape(input_shape), batch=batch, options=options, progress=progress)
+    progress = Progress(quiet, stages=COMPILE_STAGES, label="compile")
+    with progress.activate():
+        manifest = compile_model(str(model), str(output), arch=model_arch, trust_pickle=trust_pickle,
+                                 input_shape=_shape(input_shape), batch=batch, options=options, progress=progress)
     if report:
         typer.echo(format_layer_table(manifest.layers))
-    progress(f"wrote {output} ({manifest.library['bytes'] / 1e6:.1f} MB library)")
+    progress.line(f"wrote {output} ({manifest.library['bytes'] / 1e6:.1f} MB library)")
 
 
 @app.command()
@@ -129,6 +121,7 @@ def tune(
     rpc_tracker: Annotated[Optional[str], typer.Option(help="Measure on devices of this TVM RPC tracker, HOST:PORT.")]
     = None,
     rpc_key: Annotated[Optional[str], typer.Option(help="Device key registered with the RPC tracker.")] = None,
+    quiet: Quiet = False,
 ) -> None:
     """Measure each layer's kernel options on this machine (or over RPC) and store the fastest in --db.
 
@@ -140,14 +133,16 @@ def tune(
 
     if trials < 1 or dense_trials < 0:
         raise InputSpecError("--trials must be >= 1 and --dense-trials >= 0")
+    check_output_folder(db, "--db")
     model_arch, gpu_arch = _split_arch(arch)
     target_obj = CompileOptions(target=target, mcpu=mcpu, gpu_arch=gpu_arch).make_target()
-    progress = _Progress()
-    progress(f"loading {model}")
-    loaded = load_model(str(model), arch=model_arch, trust_pickle=trust_pickle)
-    summary = tune_loaded(loaded, str(db), target_obj, input_shape=_shape(input_shape), batch=batch,
-                          options=TuneOptions(trials=trials, dense_trials=dense_trials, rpc_tracker=rpc_tracker,
-                                              rpc_key=rpc_key), progress=progress)
+    progress = Progress(quiet)
+    with progress.activate():
+        progress(f"loading {model}")
+        loaded = load_model(str(model), arch=model_arch, trust_pickle=trust_pickle)
+        summary = tune_loaded(loaded, str(db), target_obj, input_shape=_shape(input_shape), batch=batch,
+                              options=TuneOptions(trials=trials, dense_trials=dense_trials, rpc_tracker=rpc_tracker,
+                                                  rpc_key=rpc_key), progress=progress)
     for layer in summary["layers"]:
         best, untuned = layer["best_ms"], layer["cost_model_ms"]
         gain = f"{untuned / best:.2f}× over the cost model's pick" if best and untuned else ""
@@ -174,14 +169,19 @@ def run(
 
     from .artifact.runtime import load
 
+    check_output_file(output, "--output")
     try:
         x = np.load(input, allow_pickle=False)
     except (OSError, ValueError) as exc:
         raise InputSpecError(f"cannot read {input} as a .npy array: {exc}") from None
     y = load(str(artifact), device, threads, trusted_key=trusted_key)(x)
     tmp = output.with_name(output.name + ".partial.npy")
-    np.save(tmp, y)
-    os.replace(tmp, output)
+    try:
+        np.save(tmp, y)
+        os.replace(tmp, output)
+    except OSError as exc:
+        tmp.unlink(missing_ok=True)
+        raise OutputPathError(f"cannot write --output {output}: {exc}") from None
     typer.echo(f"wrote {output}: shape {tuple(y.shape)}, dtype {y.dtype}", err=True)
 
 
@@ -219,13 +219,20 @@ def inspect(
     artifact: Annotated[Path, typer.Argument(help="A .penni artifact.")],
     as_json: Annotated[bool, typer.Option("--json", help="Print the raw manifest.")] = False,
 ) -> None:
-    """Show what an artifact holds: target, shapes, source, per-layer statistics."""
-    from .artifact.runtime import read_manifest
+    """Show what an artifact holds: target, shapes, source, per-layer statistics.
+
+    The file is checked as `run` checks it (a damaged one is refused); what this machine lacks to
+    run it (another TVM version, no such device or CPU feature) is reported, not refused.
+    """
+    from .artifact.runtime import verify_artifact
     from .passes.layer_report import format_layer_table
 
-    manifest = read_manifest(str(artifact))
+    report = verify_artifact(str(artifact))
+    manifest = report.manifest
     if as_json:
         typer.echo(manifest.to_json())
+        for problem in report.problems:
+            typer.echo(f"warning: cannot run here: {problem}", err=True)
         return
     t = manifest.target
     typer.echo(f"artifact     {artifact} (format {manifest.format_version}, {manifest.producer}, {manifest.created})")
@@ -241,6 +248,8 @@ def inspect(
     if manifest.preprocessing:
         values = {k: ", ".join(f"{v:.4g}" for v in manifest.preprocessing[k]) for k in ("mean", "std")}
         typer.echo(f"preprocess   (pixel / 255 - mean) / std per channel, mean [{values['mean']}], std [{values['std']}]")
+    for problem in report.problems or [None]:
+        typer.echo(f"runs here    {'no: ' + problem if problem else 'yes'}")
     if manifest.layers:
         typer.echo(format_layer_table(manifest.layers))
 
@@ -307,7 +316,7 @@ def bench(
                            compile=CompileOptions(target=target, mcpu=mcpu, gpu_arch=gpu_arch,
                                                   tuning_db=str(tuning_db) if tuning_db else None), peers=peers)
     report = run_bench(str(model), arch=model_arch, trust_pickle=trust_pickle, input_shape=_shape(input_shape),
-                       options=options, progress=_Progress())
+                       options=options, progress=Progress())
     typer.echo(format_bench_table(report))
     if json_out:
         json_out.write_text(json.dumps(report, indent=2))
@@ -333,6 +342,9 @@ def example(
     from .frontend.load_model import INPUT_SHAPE_EXTRA, ZOO_INPUT_SHAPE
     from .models.examples import EXAMPLES, make_example
 
+    check_output_file(output, "-o")
+    if sample_input:
+        check_output_file(sample_input, "--sample-input")
     model = make_example(name)
     example_input = torch.zeros(ZOO_INPUT_SHAPE)
     if format == "torchscript":
@@ -394,6 +406,7 @@ def compress(
     penni_train_form: Annotated[str, typer.Option(help="PENNI layers while training: two_stage (basis conv + 1x1) or "
                                                        "dense (W = C·B rebuilt, as the reference trains).")]
     = "two_stage",
+    quiet: Quiet = False,
 ) -> None:
     """Train, decompose, retrain, prune, fine-tune and shrink a network with the PENNI method.
 
@@ -412,7 +425,7 @@ def compress(
         eval_batch_size=eval_batch_size, time_budget=time_budget, budget_reserve=budget_reserve, min_epochs=min_epochs,
         penni_train_form=penni_train_form, **schedule)
     check_config(config)
-    summaries = run_compress(config)
+    summaries = run_compress(config, Progress(quiet))
     if int(os.environ.get("RANK", "0")) == 0:
         for summary in summaries:
             typer.echo(summary.line())

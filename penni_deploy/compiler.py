@@ -30,6 +30,9 @@ logger = logging.getLogger(__name__)
 
 Progress = Callable[[str], None]
 
+#: Stage messages ``compile_model`` sends to its progress callback (a terminal shows them as a bar).
+COMPILE_STAGES = 6
+
 
 @dataclass(frozen=True)
 class CompileOptions:

@@ -34,3 +34,7 @@ class SignatureError(ArtifactError):
 
 class TargetError(PenniError):
     """An unknown or unusable compilation target."""
+
+
+class OutputPathError(PenniError):
+    """An output path cannot be written: its folder is missing or a file, or it is a folder itself."""

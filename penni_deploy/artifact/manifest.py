@@ -59,8 +59,37 @@ class Manifest:
                                     f"(it reads version {FORMAT_VERSION}); recompile the model")
             raw["inputs"] = [TensorSpec(**t) for t in raw["inputs"]]
             raw["outputs"] = [TensorSpec(**t) for t in raw["outputs"]]
-            return cls(**raw)
+            manifest = cls(**raw)
         except ArtifactError:
             raise
         except (ValueError, TypeError, KeyError, AttributeError) as exc:
             raise ArtifactError(f"artifact manifest is malformed ({type(exc).__name__}: {exc}); recompile") from None
+        problem = _malformed(manifest)
+        if problem:
+            raise ArtifactError(f"artifact manifest is malformed: {problem}; recompile")
+        return manifest
+
+
+def _malformed(manifest: Manifest) -> str | None:
+    """What in a parsed manifest the loader could not use (``None`` when nothing): checked on
+    reading, so ``inspect`` refuses what ``load`` would trip over later."""
+    import numpy as np
+
+    if not manifest.inputs or not manifest.outputs:
+        return "it lists no inputs or no outputs"
+    for kind, specs in (("input", manifest.inputs), ("output", manifest.outputs)):
+        for spec in specs:
+            shape = spec.shape
+            if not isinstance(shape, list) or not all(type(d) is int and d > 0 for d in shape):
+                return f"{kind} {spec.name!r} has shape {shape!r} (sizes must be positive integers)"
+            try:
+                if not isinstance(spec.dtype, str):
+                    raise TypeError(spec.dtype)
+                np.dtype(spec.dtype)
+            except TypeError:
+                return f"{kind} {spec.name!r} has dtype {spec.dtype!r}, which is not a NumPy dtype"
+    library = manifest.library
+    if not isinstance(library, dict) or not isinstance(library.get("file"), str) or \
+            not isinstance(library.get("sha256"), str):
+        return "its library entry lacks a file name or sha256"
+    return None

@@ -1,27 +1,34 @@
 """Write an artifact file atomically: a zip of ``manifest.json`` and ``model.so``.
 
 The library is exported with the system C compiler, hashed, and the zip is written next to the
-destination then renamed over it, so a failed compile never leaves a file at ``-o``.
+destination then renamed over it, so a failed compile never leaves a file at ``-o``. The file gets
+the permissions the umask gives any new file (0644 under the usual 022), so whoever deploys it can
+read it.
 """
 
 from __future__ import annotations
 
 import hashlib
 import os
+import secrets
 import tempfile
 import zipfile
 from dataclasses import replace
 
-from ..errors import ArtifactError
+from ..errors import ArtifactError, OutputPathError
+from ..paths import check_output_file
 from .fatbin import embedded_architectures
 from .manifest import LIBRARY_NAME, MANIFEST_NAME, Manifest
 
 
 def write_artifact(path: str, executable, manifest: Manifest) -> Manifest:
     """Export ``executable`` and write it with ``manifest`` (library fields filled in) to ``path``."""
-    path = os.path.abspath(path)
+    path = check_output_file(path, "-o", create_folders=True)
     out_dir = os.path.dirname(path)
-    os.makedirs(out_dir, exist_ok=True)
+    try:
+        os.makedirs(out_dir, exist_ok=True)
+    except OSError as exc:
+        raise OutputPathError(f"cannot create the folder of -o {path}: {exc}") from None
     with tempfile.TemporaryDirectory(prefix="penni-export-") as tmp:
         lib_path = os.path.join(tmp, LIBRARY_NAME)
         executable.export_library(lib_path)
@@ -34,7 +41,12 @@ def write_artifact(path: str, executable, manifest: Manifest) -> Manifest:
             raise ArtifactError("the CUDA library holds no compiled GPU code (no fatbinary); refusing to write it")
         library_info["gpu_code"] = gpu_code
     manifest = replace(manifest, library=library_info)
-    fd, tmp_zip = tempfile.mkstemp(prefix=".penni-", suffix=".partial", dir=out_dir)
+    tmp_zip = os.path.join(out_dir, f".penni-{secrets.token_hex(8)}.partial")
+    try:
+        # not mkstemp: it creates files 0600 whatever the umask, unreadable by a deploying account
+        fd = os.open(tmp_zip, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+    except OSError as exc:
+        raise OutputPathError(f"cannot write -o {path}: {exc}") from None
     try:
         with os.fdopen(fd, "wb") as raw, zipfile.ZipFile(raw, "w", compression=zipfile.ZIP_DEFLATED) as archive:
             archive.writestr(MANIFEST_NAME, manifest.to_json())

@@ -5,6 +5,8 @@ version, a library whose sha256 matches the manifest, the same TVM version, and 
 run the target (e.g. an AVX-512 build on a CPU without AVX-512 is refused with the fix).
 With a trusted key (``trusted_key=`` or ``$PENNI_TRUSTED_KEY``) it also requires a valid signature
 (``signing.py``), checked on the bytes it then loads, before any native code is loaded.
+``verify_artifact(path)`` makes the same checks without loading the library's native code, and
+reports (instead of refusing) what would stop it from running on this machine.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ import os
 import tempfile
 import zipfile
 import zlib
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -29,6 +32,34 @@ def read_manifest(path: str) -> Manifest:
     return manifest
 
 
+@dataclass(frozen=True)
+class ArtifactReport:
+    """What ``verify_artifact`` found in a file that passed every integrity check.
+
+    Parameters
+    ----------
+    manifest : Manifest
+        The manifest (its format version and fields checked).
+    library_bytes : int
+        Size of the library, read in full: its CRC and sha256 match.
+    problems : list of str
+        Why ``load`` would refuse it on this machine (another TVM version, no such device, a CPU
+        without the ISA); empty when it would load.
+    """
+
+    manifest: Manifest
+    library_bytes: int
+    problems: list[str]
+
+
+def verify_artifact(path: str | os.PathLike[str], device: str | None = None) -> ArtifactReport:
+    """Check ``path`` as ``load`` does, without loading its native code; raises ``ArtifactError``
+    for a damaged or malformed file, and reports what this machine lacks to run it."""
+    path = os.fspath(path)
+    manifest, library = _read(path, with_library=True)
+    return ArtifactReport(manifest, len(library), _runtime_problems(manifest, device))
+
+
 def _read(path: str, with_library: bool, trusted_key=None) -> tuple[Manifest, bytes | None]:
     """Manifest and library of ``path``, checked; with a ``trusted_key`` (a PEM public key path;
     ``$PENNI_TRUSTED_KEY`` when None) also its signature, over the very bytes returned."""
@@ -39,17 +70,23 @@ def _read(path: str, with_library: bool, trusted_key=None) -> tuple[Manifest, by
         raise ArtifactError(f"no such artifact: {path}")
     try:
         with zipfile.ZipFile(path) as archive:
+            names = archive.namelist()
+            if MANIFEST_NAME not in names:
+                raise ArtifactError(f"{path} has no {MANIFEST_NAME} (not a penni-deploy artifact, or damaged); "
+                                    "recompile it")
             manifest_bytes = archive.read(MANIFEST_NAME)
             manifest = Manifest.from_json(manifest_bytes.decode("utf-8"))
-            library_name = manifest.library.get("file", LIBRARY_NAME)
-            library = archive.read(library_name) if with_library else None
-            names = archive.namelist()
+            library_name = manifest.library["file"]
+            library = None
+            if with_library:
+                if library_name not in names:
+                    raise ArtifactError(f"{path} lacks its library {library_name!r}, which its manifest names "
+                                        "(damaged or edited); recompile it")
+                library = archive.read(library_name)
             signature = archive.read(SIGNATURE_NAME) if trusted_key and SIGNATURE_NAME in names else None
-    except (zipfile.BadZipFile, EOFError, OSError, zlib.error) as exc:
+    except (zipfile.BadZipFile, EOFError, OSError, zlib.error, UnicodeDecodeError) as exc:
         raise ArtifactError(f"{path} is not a readable penni-deploy artifact (corrupt or truncated: {exc}); "
                             "recompile it") from None
-    except KeyError as exc:
-        raise ArtifactError(f"{path} lacks {exc} (not a penni-deploy artifact, or damaged); recompile it") from None
     if library is not None and hashlib.sha256(library).hexdigest() != manifest.library.get("sha256"):
         raise ArtifactError(f"{path}: the library does not match the sha256 in its manifest (tampered or damaged); "
                             "recompile it")
@@ -59,25 +96,37 @@ def _read(path: str, with_library: bool, trusted_key=None) -> tuple[Manifest, by
 
 
 def _check_runtime(manifest: Manifest, device: str | None) -> str:
+    problems = _runtime_problems(manifest, device)
+    if problems:
+        raise ArtifactError(problems[0])
+    return manifest.target.get("device", "cpu")
+
+
+def _runtime_problems(manifest: Manifest, device: str | None) -> list[str]:
+    """Why this machine cannot run the artifact (each with its fix); empty when it can."""
     import tvm
 
+    problems = []
     built, running = manifest.tvm_version, tvm.__version__
     if built != running:
-        raise ArtifactError(f"artifact was built with TVM {built} but this runtime is TVM {running}; "
-                            f"recompile it with this TVM or install apache-tvm=={built}")
+        problems.append(f"artifact was built with TVM {built} but this runtime is TVM {running}; "
+                        f"recompile it with this TVM or install apache-tvm=={built}")
     want = manifest.target.get("device", "cpu")
     if device is not None and device != want:
-        raise ArtifactError(f"artifact was compiled for target {manifest.target.get('name')} (device {want}), "
-                            f"not for device {device}; recompile with --target matching the device")
-    if want == "cuda":
-        _check_gpu(manifest)
-    if want == "cpu":
+        problems.append(f"artifact was compiled for target {manifest.target.get('name')} (device {want}), "
+                        f"not for device {device}; recompile with --target matching the device")
+    elif want == "cuda":
+        try:
+            _check_gpu(manifest)
+        except ArtifactError as exc:
+            problems.append(str(exc))
+    elif want == "cpu":
         missing = _missing_cpu_features(manifest.target)
         if missing:
-            raise ArtifactError(f"artifact was built for CPU {manifest.target.get('mcpu')} "
-                                f"({manifest.target.get('isa')}) but this CPU lacks {', '.join(missing)}; "
-                                "recompile for this machine (penni-deploy compile without --mcpu)")
-    return want
+            problems.append(f"artifact was built for CPU {manifest.target.get('mcpu')} "
+                            f"({manifest.target.get('isa')}) but this CPU lacks {', '.join(missing)}; "
+                            "recompile for this machine (penni-deploy compile without --mcpu)")
+    return problems
 
 
 def _load_cuda_runtime() -> None:

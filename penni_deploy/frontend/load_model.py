@@ -143,7 +143,12 @@ def _load_pt2(path: str, sha: str) -> LoadedModel:
     shapes = user_input_shapes(program)
     if len(shapes) != 1:
         raise ModelLoadError(f"{path} takes {len(shapes)} inputs; penni-deploy compiles single-input CNNs")
-    return LoadedModel(program, "pt2", shapes[0], sha, path, _read_preprocessing(extra[PREPROCESSING_EXTRA], path))
+    shape = shapes[0]
+    if shape and not isinstance(shape[0], int):  # a dynamic batch: compile for 1 unless --batch says
+        shape = (1,) + tuple(shape[1:])
+    if not all(isinstance(d, int) for d in shape):
+        shape = None  # other dynamic sizes: --input-shape must give them
+    return LoadedModel(program, "pt2", shape, sha, path, _read_preprocessing(extra[PREPROCESSING_EXTRA], path))
 
 
 def user_input_shapes(program: torch.export.ExportedProgram) -> list[tuple[int, ...]]:

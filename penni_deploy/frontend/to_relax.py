@@ -16,6 +16,7 @@ import tvm
 
 from ..errors import InputSpecError, UnsupportedModelError
 from .load_model import LoadedModel, user_input_shapes
+from .rebatch import rebatch_program
 
 logger = logging.getLogger(__name__)
 
@@ -29,6 +30,9 @@ def resolve_input_shape(loaded: LoadedModel, input_shape: tuple[int, ...] | None
     if len(shape) != 4 or any(d <= 0 for d in shape):
         raise InputSpecError(f"input shape {shape} must be 4 positive sizes N,C,H,W (e.g. 1,3,32,32)")
     if batch is not None:
+        # caught here: a batch-0 trace gets all the way into TVM's TIR checks before failing
+        if batch < 1:
+            raise InputSpecError(f"--batch {batch} must be a positive batch size, e.g. --batch 8")
         shape = (batch,) + tuple(shape[1:])
     return shape
 
@@ -42,11 +46,13 @@ def export_program(loaded: LoadedModel, input_shape: tuple[int, ...]) -> torch.e
             warnings.simplefilter("ignore")
             if isinstance(model, torch.export.ExportedProgram):
                 program = model if user_input_shapes(model) == [tuple(input_shape)] else \
-                    torch.export.export(model.module(), (example,))
+                    rebatch_program(model, tuple(input_shape))
             elif isinstance(model, torch.jit.ScriptModule):
                 program = _export_torchscript(model, example)
             else:
                 program = torch.export.export(model.eval(), (example,))
+    except UnsupportedModelError:
+        raise
     except Exception as exc:  # torch's export errors are long; keep the first line and the cause
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise UnsupportedModelError(f"cannot trace the model for input {tuple(input_shape)}: {first}") from exc

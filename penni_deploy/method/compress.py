@@ -24,7 +24,6 @@ import json
 import logging
 import os
 import time
-from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 
 import torch
@@ -34,6 +33,7 @@ from torch.utils.data import DataLoader, DistributedSampler
 from ..data.input_record import INPUT_SHAPE_EXTRA, PREPROCESSING_EXTRA, Preprocessing
 from ..errors import PenniError
 from ..models.penni_conv import FORMS, PenniConv2d
+from ..progress import Progress
 from .budget import TimeBudget
 from .counting import count_model, format_count
 from .decompose import decompose_model
@@ -47,7 +47,7 @@ from .plot import plot_stages
 from .presets import DEFAULT_PRESET, get_preset
 from .prune import prune_coefficients_
 from .shrink import shrink_model_
-from .train import TrainConfig, evaluate, learning_rate, make_optimizer, stderr_progress, train_epoch
+from .train import TrainConfig, evaluate, learning_rate, make_optimizer, train_epoch
 
 logger = logging.getLogger(__name__)
 
@@ -258,7 +258,8 @@ def _load(config: CompressConfig, stage: str) -> dict | None:
 
 
 def _summary(stage: str, model: nn.Module, test_loader, start: float, device: str, ctx: DistContext,
-             input_shape: tuple[int, ...], run: StageRun | None = None, **extra) -> StageSummary:
+             input_shape: tuple[int, ...], progress: Progress, run: StageRun | None = None,
+             **extra) -> StageSummary:
     count = count_model(copy.deepcopy(model).cpu().float(), input_shape)
     eval_start = time.perf_counter()
     accuracy = evaluate(model, test_loader, device)
@@ -271,13 +272,13 @@ def _summary(stage: str, model: nn.Module, test_loader, start: float, device: st
                            train_images_per_s=run.images_per_s if run else None,
                            eval_images_per_s=images / eval_seconds if eval_seconds > 0 else None)
     if ctx.is_main:
-        stderr_progress(f"[{stage}] {summary.line()}  ({format_count(count)})")
+        progress.line(f"[{stage}] {summary.line()}  ({format_count(count)})")
     return summary
 
 
 def _train_stage(config: CompressConfig, ctx: DistContext, stage: str, model: nn.Module, train_loader,
-                 train_config: TrainConfig, masks=None, budget: TimeBudget | None = None, later_planned: int = 0,
-                 later_stages: int = 0) -> StageRun:
+                 train_config: TrainConfig, progress: Progress, masks=None, budget: TimeBudget | None = None,
+                 later_planned: int = 0, later_stages: int = 0) -> StageRun:
     """Train one stage, resumably; under a ``budget`` its epochs follow the clock (see budget.py).
 
     ``later_planned`` is the planned epochs of the training stages after this one and ``later_stages`` their
@@ -296,22 +297,32 @@ def _train_stage(config: CompressConfig, ctx: DistContext, stage: str, model: nn
         train_config = dataclasses.replace(train_config, epochs=saved.get("epochs", planned))
         cut_short = saved.get("cut_short", False)
         if ctx.is_main:
-            stderr_progress(f"[{stage}] resuming after epoch {first_epoch}")
+            progress.line(f"[{stage}] resuming after epoch {first_epoch}")
     trained = wrap_for_training(model, ctx, config.torch_device)
+    # one bar per stage over its epochs; train_epoch's mid-epoch lines become the bar's message
+    task = None
+    if ctx.is_main and first_epoch < train_config.epochs:
+        task = progress.task(train_config.epochs, f"[{stage}]")
+        if first_epoch:
+            task.update(first_epoch, "resumed")
     results = []
     epoch = first_epoch
     while epoch < train_config.epochs:
         _set_epoch(train_loader, epoch)
         results.append(train_epoch(trained, train_loader, optimizer, train_config, epoch, masks,
-                                   stderr_progress if ctx.is_main else None, config.torch_device))
+                                   task.note if task else None, config.torch_device))
         if budget is not None:
             train_config, cut_short = _follow_budget(config, budget, train_config, planned, epoch, results,
                                                      later_planned, later_stages * config.min_epochs)
-            if cut_short and ctx.is_main:
-                stderr_progress(f"[{stage}] time budget: stopping after epoch {epoch + 1} of {planned}")
+            if cut_short and task:
+                task.note(f"time budget: stopping after epoch {epoch + 1} of {planned}")
         _save(config, ctx, stage, model, optimizer=optimizer.state_dict(), epoch=epoch,
               done=epoch + 1 == train_config.epochs, epochs=train_config.epochs, cut_short=cut_short)
         epoch += 1
+        if task:
+            task.update(epoch)
+    if task:
+        task.close()
     for p in model.parameters():
         p.requires_grad_(True)
     # The first epoch pays for start-up (cuDNN autotuning, caches): the steady state is the epochs after it.
@@ -337,8 +348,9 @@ def _follow_budget(config: CompressConfig, budget: TimeBudget, train_config: Tra
     return train_config, False
 
 
-def compress(config: CompressConfig, progress: Callable[[str], None] = stderr_progress) -> list[StageSummary]:
-    """Run every stage; write the TorchScript model, the reference-layout state_dict and the summary."""
+def compress(config: CompressConfig, progress: Progress | None = None) -> list[StageSummary]:
+    """Run every stage; write the TorchScript model, the reference-layout state_dict and the summary.
+    ``progress`` draws the per-stage epoch bars and prints the summaries (default: on stderr)."""
     torch.manual_seed(config.seed)
     previous_dtype = torch.get_default_dtype()
     previous_benchmark = torch.backends.cudnn.benchmark
@@ -347,7 +359,7 @@ def compress(config: CompressConfig, progress: Callable[[str], None] = stderr_pr
     if config.on_cuda:
         torch.backends.cudnn.benchmark = True  # fixed shapes: let cuDNN pick its fastest kernels once
     try:
-        return _run_stages(config)
+        return _run_stages(config, progress or Progress())
     finally:
         torch.set_default_dtype(previous_dtype)
         torch.backends.cudnn.benchmark = previous_benchmark
@@ -359,7 +371,7 @@ def _set_form(model: nn.Module, form: str) -> None:
             module.form = form
 
 
-def _run_stages(config: CompressConfig) -> list[StageSummary]:
+def _run_stages(config: CompressConfig, progress: Progress) -> list[StageSummary]:
     device = config.torch_device
     budget = TimeBudget(config.time_budget, config.budget_reserve) if config.time_budget else None
     ctx = init_from_env(device)
@@ -385,39 +397,39 @@ def _run_stages(config: CompressConfig) -> list[StageSummary]:
         dense.load_state_dict(torch.load(config.baseline, map_location="cpu", weights_only=True))
     else:
         baseline_run = _train_stage(config, ctx, "baseline", dense, train_loader, _train_config(
-            config, config.baseline_epochs, config.baseline_lr), budget=budget, later_planned=penni_planned,
+            config, config.baseline_epochs, config.baseline_lr), progress, budget=budget, later_planned=penni_planned,
             later_stages=2)
-    record(_summary("baseline", dense, test_loader, start, device, ctx, shape, baseline_run))
+    record(_summary("baseline", dense, test_loader, start, device, ctx, shape, progress, baseline_run))
 
     start = time.perf_counter()
     # Weight surgery (SVD here, slicing in shrink) runs on the CPU: it is cheap, and shrink.py builds
     # its channel masks there.
     model = decompose_model(dense.cpu(), config.num_bases).to(device)
-    record(_summary("decompose", model, test_loader, start, device, ctx, shape))
+    record(_summary("decompose", model, test_loader, start, device, ctx, shape, progress))
 
     start = time.perf_counter()
     _set_form(model, config.penni_train_form)
     retrain = dataclasses.replace(_train_config(config, config.retrain_epochs, config.lr), l1=config.l1,
                                   alternate_every=config.interval)
-    run = _train_stage(config, ctx, "retrain", model, train_loader, retrain, budget=budget,
+    run = _train_stage(config, ctx, "retrain", model, train_loader, retrain, progress, budget=budget,
                        later_planned=config.finetune_epochs, later_stages=1)
-    record(_summary("retrain", model, test_loader, start, device, ctx, shape, run))
+    record(_summary("retrain", model, test_loader, start, device, ctx, shape, progress, run))
 
     start = time.perf_counter()
     masks = prune_coefficients_(model)
-    record(_summary("prune", model, test_loader, start, device, ctx, shape))
+    record(_summary("prune", model, test_loader, start, device, ctx, shape, progress))
 
     start = time.perf_counter()
     run = _train_stage(config, ctx, "finetune", model, train_loader, _train_config(config, config.finetune_epochs,
-                                                                                   config.lr), masks=masks,
+                                                                                   config.lr), progress, masks=masks,
                        budget=budget)
-    record(_summary("finetune", model, test_loader, start, device, ctx, shape, run))
+    record(_summary("finetune", model, test_loader, start, device, ctx, shape, progress, run))
 
     start = time.perf_counter()
     _set_form(model, "two_stage")
     stats = shrink_model_(model.cpu())
     model.to(device)
-    record(_summary("shrink", model, test_loader, start, device, ctx, shape, bases_removed=stats.bases_removed,
+    record(_summary("shrink", model, test_loader, start, device, ctx, shape, progress, bases_removed=stats.bases_removed,
                     channels_removed=stats.channels_removed))
     if ctx.is_main:
         write_outputs(config, model.cpu().float(), summaries, info)

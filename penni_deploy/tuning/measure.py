@@ -8,6 +8,8 @@ uses TVM's ``time_evaluator`` (median of repeats, each long enough to beat timer
 from __future__ import annotations
 
 import os
+import socket
+import struct
 import tempfile
 from dataclasses import dataclass
 
@@ -15,6 +17,7 @@ import numpy as np
 import tvm
 from tvm import relax
 
+from ..errors import PenniError
 from ..kernels.config import KernelConfig
 from ..plan.layers import ConvChain, PenniLayerPlan
 from ..passes.lower_conv_composites import (
@@ -86,41 +89,147 @@ class LocalRunner:
         return float(np.median(timer(*args).results) * 1e3)
 
 
+class RpcError(PenniError):
+    """The RPC tracker or device cannot be used: unreachable, no server with the key, none free, or gone."""
+
+
 class RpcRunner:
     """Times builds on a device leased from a TVM RPC tracker (``python -m tvm.exec.rpc_tracker`` and
-    ``python -m tvm.exec.rpc_server --tracker HOST:PORT --key KEY`` on each device)."""
+    ``python -m tvm.exec.rpc_server --tracker HOST:PORT --key KEY`` on each device).
+
+    TVM's client waits without limit in two places, which this class bounds: connecting to a tracker
+    that refuses connections (retried for 60 s), and a request for a key no free server has (queued
+    until one registers, possibly forever). A server that goes away mid-run is reported, not
+    recorded as one failed candidate after another.
+
+    Parameters
+    ----------
+    tracker : str
+        ``HOST:PORT`` of the tracker.
+    key : str
+        The key the device's server registered with.
+    timing : TimingOptions
+        Repeats per measurement.
+    session_timeout : int
+        Seconds the server keeps one session (it ends it after that; a new one is then requested).
+    request_timeout : float
+        Seconds to wait for a free server with ``key``.
+    connect_timeout : float
+        Seconds to wait for the tracker to answer.
+    """
 
     name = "rpc"
 
-    def __init__(self, tracker: str, key: str, timing: TimingOptions = TimingOptions(), session_timeout: int = 600):
-        from ..errors import PenniError
-
+    def __init__(self, tracker: str, key: str, timing: TimingOptions = TimingOptions(), session_timeout: int = 600,
+                 request_timeout: float = 60.0, connect_timeout: float = 10.0):
         host, _, port = tracker.rpartition(":")
         if not host or not port.isdigit():
             raise PenniError(f"--rpc-tracker {tracker!r} must be HOST:PORT, e.g. 127.0.0.1:9190")
         self.host, self.port, self.key = host, int(port), key
         self.timing = timing
         self.session_timeout = session_timeout
+        self.request_timeout = request_timeout
+        self.connect_timeout = connect_timeout
         self._session = None
         self._uploads = 0
 
-    def _remote(self):
+    @property
+    def _where(self) -> str:
+        return f"the RPC tracker {self.host}:{self.port}"
+
+    def _connect_tracker(self):
+        """A tracker session, after checking with a bounded wait that a tracker answers there."""
         from tvm import rpc
+        from tvm.rpc import base
 
-        from ..errors import PenniError
+        try:
+            with socket.create_connection((self.host, self.port), timeout=self.connect_timeout) as probe:
+                probe.sendall(struct.pack("<i", base.RPC_TRACKER_MAGIC))
+                magic = struct.unpack("<i", base.recvall(probe, 4))[0]
+        except (OSError, RuntimeError) as exc:
+            raise RpcError(f"cannot reach {self._where} ({exc}); start it (python -m tvm.exec.rpc_tracker --host "
+                           f"{self.host} --port {self.port}) or fix --rpc-tracker") from None
+        if magic != base.RPC_TRACKER_MAGIC:
+            raise RpcError(f"{self.host}:{self.port} answers, but is not a TVM RPC tracker; fix --rpc-tracker")
+        tracker = rpc.connect_tracker(self.host, self.port)
+        tracker._sock.settimeout(self.connect_timeout)  # TVM's tracker socket has no timeout of its own
+        return tracker
 
-        if self._session is None:
+    def registered_keys(self, tracker) -> set[str]:
+        """Keys of the servers registered with the tracker (busy or free)."""
+        try:
+            info = tracker.summary()
+        except (OSError, RuntimeError) as exc:
+            raise RpcError(f"{self._where} did not answer a summary request ({exc})") from None
+        return {item["key"].split(":", 1)[-1] for item in info.get("server_info", [])}
+
+    def check(self) -> None:
+        """Fail now, with the fix, when the tracker is unreachable or has no server with the key (before
+        any tuning, and before MetaSchedule's RPC runner, which would wait for one forever)."""
+        tracker = self._connect_tracker()
+        try:
+            self._check_key(tracker)
+        finally:
+            tracker.close()
+
+    def _check_key(self, tracker) -> None:
+        keys = self.registered_keys(tracker)
+        if self.key not in keys:
+            raise RpcError(f"no RPC server is registered with key {self.key!r} at {self._where} (registered: "
+                           f"{', '.join(sorted(keys)) or 'none'}); start one (python -m tvm.exec.rpc_server "
+                           f"--tracker {self.host}:{self.port} --key {self.key}) or fix --rpc-key")
+
+    def _request(self):
+        tracker = self._connect_tracker()
+        try:
+            self._check_key(tracker)
+            # the tracker queues a request until a server with the key is free: bound that wait
+            tracker._sock.settimeout(self.request_timeout)
             try:
-                tracker = rpc.connect_tracker(self.host, self.port)
-                self._session = tracker.request(self.key, priority=1, session_timeout=self.session_timeout)
-            except (RuntimeError, OSError, tvm.error.TVMError) as exc:
-                raise PenniError(f"cannot get a device with key {self.key!r} from the RPC tracker "
-                                 f"{self.host}:{self.port}: {exc}; check the tracker is running and a server "
-                                 "registered with that key (python -m tvm.exec.rpc_server --tracker ... --key ...)") \
+                return tracker.request(self.key, priority=1, session_timeout=self.session_timeout, max_retry=1)
+            except Exception as exc:  # noqa: BLE001 - TVM raises RuntimeError, socket errors, FFI errors
+                raise RpcError(f"no server with key {self.key!r} became free within {self.request_timeout:g} s at "
+                               f"{self._where} ({_first_line(exc)}); wait for the running jobs or add a server") \
                     from None
+        finally:
+            tracker.close()
+
+    def _remote(self):
+        if self._session is None:
+            self._session = self._request()
         return self._session
 
+    def _alive(self) -> bool:
+        """Whether the server still answers on the current session."""
+        try:
+            self._session.listdir(".")  # one round trip (``device.exist`` answers from a cache)
+            return True
+        except Exception:  # noqa: BLE001 - any failure here means the session is gone
+            return False
+
     def run(self, executable: relax.Executable, inputs: list[np.ndarray], device: str = "cpu") -> float:
+        try:
+            return self._run_remote(executable, inputs, device)
+        except Exception as exc:
+            if self._session is None or self._alive():
+                raise  # the candidate failed, not the server: the tuner records it and goes on
+            self._session = None
+            lost = _first_line(exc)
+        # a session the server ended (session_timeout) or a restarted server: one new lease, one retry
+        try:
+            return self._run_remote(executable, inputs, device)
+        except RpcError as exc:
+            raise RpcError(f"the RPC server with key {self.key!r} went away during measurement ({lost}), and "
+                           f"no other is available: {exc}. The measurements taken so far are saved; rerun the "
+                           "same command to resume") from None
+        except Exception as exc:
+            if self._session is not None and self._alive():
+                raise
+            raise RpcError(f"the RPC server with key {self.key!r} went away during measurement ({lost}; again on a "
+                           f"new session: {_first_line(exc)}); the measurements taken so far are saved, restart "
+                           "the server and rerun the same command to resume") from None
+
+    def _run_remote(self, executable: relax.Executable, inputs: list[np.ndarray], device: str) -> float:
         remote = self._remote()
         # A fresh name per build: the server keeps earlier libraries loaded, and overwriting a
         # loaded shared object crashes it.
@@ -136,3 +245,8 @@ class RpcRunner:
         args = [tvm.runtime.tensor(a, dev) for a in inputs]
         timer = vm.time_evaluator("main", dev, repeat=self.timing.repeat, min_repeat_ms=self.timing.min_repeat_ms)
         return float(np.median(timer(*args).results) * 1e3)
+
+
+def _first_line(exc: BaseException) -> str:
+    lines = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {lines[0] if lines else ''}"

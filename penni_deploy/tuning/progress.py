@@ -1,38 +1,20 @@
-"""A progress bar for tuning: trials done, the best time so far, and an ETA, on one line.
+"""The progress bar of tuning: trials done, the best time so far, and an ETA.
 
-On a terminal the line is redrawn in place; in logs (CI, files) it prints a line per trial.
+A thin adapter over ``penni_deploy.progress`` (live bar on a terminal, a line per tenth or per 10 s
+in logs): it draws on the reporter the command made current, so ``--quiet`` reaches it.
 """
 
 from __future__ import annotations
 
-import sys
-import time
+from ..progress import Progress, current
 
 
 class ProgressBar:
-    def __init__(self, total: int, label: str = "tuning", stream=None, width: int = 24):
-        self.total = max(1, total)
-        self.label = label
-        self.stream = stream or sys.stderr
-        self.width = width
-        self.done = 0
-        self.start = time.perf_counter()
-        self.tty = hasattr(self.stream, "isatty") and self.stream.isatty()
+    def __init__(self, total: int, label: str = "tuning", progress: Progress | None = None):
+        self._task = (progress or current()).task(total, label)
 
     def update(self, done: int, message: str) -> None:
-        self.done = min(done, self.total)
-        filled = int(self.width * self.done / self.total)
-        elapsed = time.perf_counter() - self.start
-        eta = elapsed / self.done * (self.total - self.done) if self.done else 0.0
-        line = (f"{self.label} [{'#' * filled}{'.' * (self.width - filled)}] {self.done}/{self.total} "
-                f"{elapsed:5.0f}s eta {eta:4.0f}s  {message}")
-        if self.tty:
-            self.stream.write("\r\033[K" + line)
-        else:
-            self.stream.write(line + "\n")
-        self.stream.flush()
+        self._task.update(done, message)
 
     def close(self) -> None:
-        if self.tty:
-            self.stream.write("\n")
-            self.stream.flush()
+        self._task.close()

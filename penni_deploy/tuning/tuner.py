@@ -70,7 +70,9 @@ def _runner(options: TuneOptions):
             raise PenniError("--rpc-tracker needs --rpc-key (the key the RPC servers registered with)")
         from .measure import RpcRunner
 
-        return RpcRunner(options.rpc_tracker, options.rpc_key, options.timing)
+        runner = RpcRunner(options.rpc_tracker, options.rpc_key, options.timing)
+        runner.check()
+        return runner
     return LocalRunner(options.timing)
 
 

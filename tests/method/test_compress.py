@@ -30,9 +30,23 @@ def test_compress_end_to_end_then_compile(tmp_path, capsys):
     assert stages["shrink"]["accuracy"] == stages["finetune"]["accuracy"]  # shrink is exact
     assert (tmp_path / "resnet20-penni.summary.png").read_bytes()[:4] == b"\x89PNG"
 
-    # Resuming finds every stage done and reproduces the result.
+    # Resuming finds every stage done: no epoch is trained again (the checkpoints stay as they were)
+    # and the same model and summaries come out.
+    work = tmp_path / "resnet20-penni.work"
+    checkpoints = {p.name: (p.stat().st_mtime_ns, p.read_bytes()) for p in work.glob("*.pt")}
+    assert sorted(checkpoints) == ["baseline.pt", "finetune.pt", "retrain.pt"]
     assert main(argv + ["--resume"]) == 0
-    capsys.readouterr()
+    resumed = capsys.readouterr()
+    assert {p.name: (p.stat().st_mtime_ns, p.read_bytes()) for p in work.glob("*.pt")} == checkpoints
+    for stage, epochs in (("baseline", 1), ("retrain", 2), ("finetune", 1)):
+        assert f"[{stage}] resuming after epoch {epochs}" in resumed.err
+    assert "loss" not in resumed.err  # no training progress at all
+    def without_seconds(summary_lines):
+        return [line.rsplit(" ", 1)[0] for line in summary_lines]
+
+    assert without_seconds(resumed.out.strip().splitlines()) == without_seconds(lines)
+    again = json.loads((tmp_path / "resnet20-penni.summary.json").read_text())
+    assert [s["accuracy"] for s in again["stages"]] == [s["accuracy"] for s in summary["stages"]]
 
     artifact = tmp_path / "m.penni"
     manifest = penni_deploy.compile_model(str(out), str(artifact))

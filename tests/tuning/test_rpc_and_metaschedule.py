@@ -1,7 +1,15 @@
 """Measuring through a TVM RPC tracker on loopback, and MetaSchedule for the dense parts."""
 
 import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
 
+import numpy as np
 import pytest
 from tiny_models import assert_matches_tiny_model, tiny_model
 
@@ -10,6 +18,7 @@ from penni_deploy.cli import main
 from penni_deploy.errors import PenniError
 from penni_deploy.frontend import load_model
 from penni_deploy.tuning import TuneOptions, TuningDatabase, tune_loaded
+from penni_deploy.tuning.measure import RpcRunner, TimingOptions
 
 
 @pytest.fixture(scope="module")
@@ -22,8 +31,6 @@ def rpc_tracker():
     tracker = Tracker("127.0.0.1", port=9190, port_end=9290, silent=True)
     server = Server("127.0.0.1", port=9300, port_end=9400, tracker_addr=("127.0.0.1", tracker.port), key="penni-test",
                     silent=True)
-    import time
-
     deadline = time.time() + 30
     while time.time() < deadline:  # wait until the server has registered
         summary = rpc.connect_tracker("127.0.0.1", tracker.port).summary()
@@ -48,39 +55,119 @@ def test_tune_measures_on_an_rpc_device(tmp_path, rpc_tracker, capsys):
     assert all(r.ms and r.ms > 0 for r in TuningDatabase(db)._records)
 
 
-def test_rpc_with_an_unknown_key_fails_clearly(tmp_path, rpc_tracker, x86):
-    options = TuneOptions(trials=1, rpc_tracker=rpc_tracker, rpc_key="no-such-device")
-    from penni_deploy.tuning import measure
-
-    runner = measure.RpcRunner(rpc_tracker, "no-such-device", session_timeout=5)
-    runner_timeout = pytest.raises(PenniError, match="no-such-device")
-    import threading
-
+def finishes_within(seconds, fn):
+    """``fn()``'s result, or a test failure if it is still running after ``seconds`` (it then keeps
+    running in a daemon thread, which the test process ends with)."""
     result = {}
 
-    def attempt():  # a tracker queues requests for unknown keys: bound the wait
+    def call():
         try:
-            runner._remote()
-        except PenniError as exc:
+            result["value"] = fn()
+        except BaseException as exc:  # noqa: BLE001 - handed to the test below
             result["error"] = exc
 
-    thread = threading.Thread(target=attempt, daemon=True)
+    thread = threading.Thread(target=call, daemon=True)
     thread.start()
-    thread.join(5)
-    assert options.rpc_key == "no-such-device"
+    thread.join(seconds)
+    assert not thread.is_alive(), f"still waiting after {seconds} s"
     if "error" in result:
-        with runner_timeout:
-            raise result["error"]
-    else:
-        assert thread.is_alive(), "the request waits for a device with that key instead of using another"
+        raise result["error"]
+    return result["value"]
 
 
-def test_bad_tracker_address_is_a_clear_error():
-    from penni_deploy.tuning.measure import RpcRunner
+def one_line_error(capsys):
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err and err[-1].startswith("error: "), err
+    return err[-1]
 
+
+def test_rpc_with_an_unknown_key_fails_clearly(tmp_path, tiny_pt2, rpc_tracker, capsys):
+    # the tracker queues a request for a key nobody serves: TVM's client would wait forever
+    argv = ["tune", str(tiny_pt2), "--db", str(tmp_path / "db"), "--trials", "1", "--dense-trials", "0",
+            "--rpc-tracker", rpc_tracker, "--rpc-key", "no-such-device"]
+    assert finishes_within(60, lambda: main(argv)) == 2
+    line = one_line_error(capsys)
+    assert "no RPC server is registered with key 'no-such-device'" in line and "registered: penni-test" in line
+
+
+def test_dead_tracker_is_a_clear_error(tmp_path, tiny_pt2, capsys):
+    with socket.socket() as s:  # a port nothing listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    argv = ["tune", str(tiny_pt2), "--db", str(tmp_path / "db"), "--trials", "1", "--dense-trials", "0",
+            "--rpc-tracker", f"127.0.0.1:{port}", "--rpc-key", "k"]
+    start = time.perf_counter()
+    assert finishes_within(60, lambda: main(argv)) == 2
+    assert time.perf_counter() - start < 30  # TVM's own connect retries a refused port for 60 s
+    assert f"cannot reach the RPC tracker 127.0.0.1:{port}" in one_line_error(capsys)
+
+
+def test_bad_tracker_address_is_a_clear_error(tmp_path, tiny_pt2, capsys):
     with pytest.raises(PenniError, match="HOST:PORT"):
         RpcRunner("localhost", "k")
-    assert main(["tune", "x.pt", "--db", "/tmp/x", "--rpc-tracker", "127.0.0.1:9"]) == 2
+    argv = ["tune", str(tiny_pt2), "--db", str(tmp_path / "db"), "--rpc-tracker", "127.0.0.1", "--rpc-key", "k"]
+    assert main(argv) == 2
+    assert "must be HOST:PORT" in one_line_error(capsys)
+
+
+@pytest.fixture
+def own_server(rpc_tracker):
+    """Start an RPC server process under a key of its own; yields (key, kill)."""
+    key = f"penni-own-{os.getpid()}"
+    server = subprocess.Popen([sys.executable, "-m", "tvm.exec.rpc_server", "--tracker", rpc_tracker, "--key", key,
+                               "--host", "127.0.0.1", "--port", "9500", "--port-end", "9600", "--silent"],
+                              start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+    def kill():  # the server and the session processes it forked: its whole process group
+        if server.poll() is None:
+            os.killpg(server.pid, signal.SIGKILL)
+            server.wait(30)
+
+    try:
+        runner = RpcRunner(rpc_tracker, key)
+        deadline = time.time() + 90
+        while key not in runner.registered_keys(runner._connect_tracker()):
+            assert time.time() < deadline and server.poll() is None, "the RPC server did not register"
+            time.sleep(0.5)
+        yield key, kill
+    finally:
+        kill()
+
+
+@pytest.fixture(scope="module")
+def add_one():
+    """A tiny executable ``main(x) = x + 1`` for the RPC runner."""
+    import tvm
+    from tvm import relax
+
+    bb = relax.BlockBuilder()
+    x = relax.Var("x", relax.TensorType((4,), "float32"))
+    with bb.function("main", [x]):
+        with bb.dataflow():
+            out = bb.emit_output(bb.emit(relax.op.add(x, relax.const(1.0))))
+        bb.emit_func_output(out)
+    return tvm.compile(bb.get(), target="llvm")
+
+
+FAST = TimingOptions(repeat=1, min_repeat_ms=1)
+
+
+def test_rpc_request_for_a_busy_key_times_out(rpc_tracker, own_server, add_one):
+    key, _ = own_server
+    holder = RpcRunner(rpc_tracker, key, FAST)
+    assert holder.run(add_one, [np.zeros(4, np.float32)]) > 0  # holds the only server of that key
+    waiter = RpcRunner(rpc_tracker, key, FAST, request_timeout=2)
+    with pytest.raises(PenniError, match=f"no server with key '{key}' became free within 2 s"):
+        finishes_within(60, lambda: waiter.run(add_one, [np.zeros(4, np.float32)]))
+
+
+def test_rpc_server_gone_mid_run_fails_clearly(rpc_tracker, own_server, add_one):
+    key, kill = own_server
+    runner = RpcRunner(rpc_tracker, key, FAST, request_timeout=5)
+    assert runner.run(add_one, [np.zeros(4, np.float32)]) > 0
+    kill()
+    with pytest.raises(PenniError, match=f"the RPC server with key '{key}' went away during measurement"):
+        finishes_within(60, lambda: runner.run(add_one, [np.zeros(4, np.float32)]))
 
 
 def test_metaschedule_tunes_the_dense_parts_and_compile_applies_them(tmp_path, tiny_pt2, x86):
