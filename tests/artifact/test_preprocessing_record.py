@@ -10,7 +10,7 @@ import torch
 from tiny_models import TINY_SHAPE, tiny_model
 
 import penni_deploy
-from penni_deploy.artifact.manifest import Manifest
+from penni_deploy.artifact.manifest import Manifest, TensorSpec
 from penni_deploy.cli import main
 from penni_deploy.data.input_record import INPUT_SHAPE_EXTRA, PREPROCESSING_EXTRA, Preprocessing
 from penni_deploy.frontend import load_model
@@ -61,8 +61,10 @@ def test_a_recorded_pt2_file_is_read_too(tmp_path):
 
 
 def test_manifest_json_round_trip():
-    manifest = Manifest(1, "p", "t", {}, [], [], {}, {}, "penni", preprocessing=RECORD)
+    io = dict(inputs=[TensorSpec("x", [1, 3, 8, 8], "float32")], outputs=[TensorSpec("y", [1, 10], "float32")],
+              library={"file": "model.so", "sha256": "0" * 64, "bytes": 1})
+    manifest = Manifest(1, "p", "t", {}, source={}, pipeline="penni", preprocessing=RECORD, **io)
     assert Manifest.from_json(manifest.to_json()).preprocessing == RECORD
-    bare = Manifest(1, "p", "t", {}, [], [], {}, {}, "penni")
+    bare = Manifest(1, "p", "t", {}, source={}, pipeline="penni", **io)
     assert "preprocessing" not in json.loads(bare.to_json())
     assert Manifest.from_json(bare.to_json()).preprocessing is None

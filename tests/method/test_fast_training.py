@@ -96,7 +96,7 @@ def test_paper_fast_keeps_the_paper_rates_and_its_alternation_phases():
 def captured(monkeypatch):
     """Run the compress command up to the library call and keep the config it would train with."""
     seen = []
-    monkeypatch.setattr("penni_deploy.method.compress.compress", lambda config: seen.append(config) or [])
+    monkeypatch.setattr("penni_deploy.method.compress.compress", lambda config, progress=None: seen.append(config) or [])
     return seen
 
 
