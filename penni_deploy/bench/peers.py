@@ -222,12 +222,16 @@ def saved_network(model: torch.jit.ScriptModule | torch.export.ExportedProgram,
 
     if isinstance(model, torch.jit.ScriptModule):
         return SavedNetwork(model, export_program(LoadedModel(model, "torchscript", None, ""), shape))
-    if user_input_shapes(model) != [tuple(shape)]:
+    exported = user_input_shapes(model)
+    if exported != [tuple(shape)]:
         try:
             model = torch.export.export(model.module(), (torch.zeros(shape),))
-        except Exception as e:  # as export_program reports it: the first line, the cause chained
+        except Exception as e:  # torch's first line, the cause chained, and what to do about it
             first = (str(e).strip().splitlines() or [type(e).__name__])[0]
-            raise UnsupportedModelError(f"cannot trace the model for input {tuple(shape)}: {first}") from e
+            raise UnsupportedModelError(
+                f"cannot trace the model for input {tuple(shape)}: {first}; the .pt2 file was exported for input "
+                f"{exported[0]}: bench it with --batch {exported[0][0]}, or export it with a dynamic batch "
+                "dimension") from e
     return SavedNetwork(model, model)
 
 
