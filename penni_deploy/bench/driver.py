@@ -72,7 +72,8 @@ def run_bench(path: str, *, arch: str | None = None, trust_pickle: bool = False,
     shapes = {batch: resolve_input_shape(loaded, input_shape, batch) for batch in options.batches}
     # A saved file's network at each batch size, made before any measuring: a .pt2 that fixed its batch
     # size fails here, in seconds, with the error compile would give.
-    saved_networks = {batch: saved_network(loaded.model, shape) for batch, shape in shapes.items()} if saved_file else {}
+    saved_networks = ({batch: saved_network(loaded.model, shape) for batch, shape in shapes.items()}
+                      if saved_file else {})
     module_references = None if saved_file else _module_references(loaded.model)
     engines = select_engines(options.peer_engines, saved=saved_file) if options.peers else ()
     networks, pruned_sparsity = peer_networks(loaded.model) if engines and not saved_file else ({}, {})

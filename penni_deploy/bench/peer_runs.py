@@ -1,9 +1,9 @@
 """Measure the peer engines (``peers.PEER_ENGINES``) on one batch size: one row per engine, always.
 
 Each engine runs in its own worker process (``launch.run_worker``) with the bench's threads, on the
-network of its form: torch.compile loads the PyTorch module (for a saved file, the exported program), the
-ONNX engines the one ONNX file exported per form and batch size. An engine that cannot run gets a row with an ``error`` saying what is missing
-and how to install it.
+network of its form: torch.compile loads the PyTorch module (for a saved file, the exported program),
+the ONNX engines the one ONNX file exported per form and batch size. An engine that cannot run gets a
+row with an ``error`` saying what is missing and how to install it.
 """
 
 from __future__ import annotations
@@ -68,7 +68,8 @@ def measure_peers(networks: dict[str, nn.Module | SavedNetwork | str], shape: tu
             continue
         progress(f"batch {batch}: measuring {engine.name}")
         path, torch_format = files[key]
-        spec = worker_spec(options, engine.kind, path, shape, "cpu", checks[engine.form], engine.precision, torch_format)
+        spec = worker_spec(options, engine.kind, path, shape, "cpu", checks[engine.form], engine.precision,
+                           torch_format)
         python = deepsparse_python() if engine.kind == "deepsparse" else None  # its own venv (numpy<2)
         rows.append({**row, **run_worker(spec, python)})
     return rows

@@ -237,7 +237,8 @@ def saved_network(model: torch.jit.ScriptModule | torch.export.ExportedProgram,
 
 _NOT_A_MODULE = ("needs the PENNI layers of a PyTorch module, which TorchScript and .pt2 files do not keep: "
                  "bench a state_dict (with --arch) or a pickled module; this file's network is in the as-saved rows")
-_NOT_SAVED = "only a TorchScript or .pt2 file has an as-saved network; this module runs as its dense and two-stage forms"
+_NOT_SAVED = ("only a TorchScript or .pt2 file has an as-saved network; "
+              "this module runs as its dense and two-stage forms")
 
 
 def peer_networks(model, shape: tuple[int, ...] | None = None
