@@ -40,6 +40,8 @@ from .roofline import with_roofline
 
 Progress = Callable[[str], None]
 
+BUSY_CPU_WAIT = 0.05  # a row whose threads waited this much of their timed window for a core is flagged
+
 
 def _is_saved_file(loaded: LoadedModel) -> bool:
     """A TorchScript or .pt2 model: a network as saved, without PENNI layers to rebuild other forms from."""
@@ -188,6 +190,12 @@ def format_bench_table(report: dict) -> str:
         lines.append(f"{head} {r['median_ms']:>10.3f} {r['p90_ms']:>9.3f} {speedup:>8} {ratio:>9} {mem} {error:>8}")
     parity = ", ".join(f"batch {b}: {e:.1e}" for b, e in report["parity_max_rel_error"].items())
     lines.append(f"penni-deploy vs PyTorch, max abs error / output scale: {parity}")
+    waited = [f"{r['engine']} b{r['batch']} {r['cpu_wait']:.0%}" for r in report["results"]
+              if r.get("cpu_wait", 0.0) > BUSY_CPU_WAIT]
+    if waited:
+        lines.append(f"busy machine: these rows' threads waited for a core during their timed runs "
+                     f"({', '.join(waited)}); other processes used the cores, so their medians are inflated "
+                     "and vary from run to run")
     if "pruned_conv_sparsity" in report and any(r["engine"] == "deepsparse-pruned" for r in report["results"]):
         values = list(report["pruned_conv_sparsity"].values())
         lines.append(f"deepsparse-pruned: dense convs magnitude-pruned to each PENNI layer's coefficient sparsity "

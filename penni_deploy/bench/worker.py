@@ -22,6 +22,9 @@ for ``warmup`` runs and at least ``warmup_seconds`` (a fast engine's first milli
 thread pools wake, caches and allocators fill), then timed runs until there are ``repeat`` of them and
 ``min_seconds`` have passed, so that the median of a sub-millisecond engine spans a window long enough
 not to be one moment of the machine's load; past ``max_seconds`` a slow engine stops at ``min_repeat``.
+No loop makes a median repeatable on cores that other processes use, so each row also says how much of
+its timed window its threads spent runnable but waiting for a core (``cpu_wait``, from the kernel's
+per-thread schedstat): near 0 on an idle machine, and the reason when two runs disagree.
 """
 
 from __future__ import annotations
@@ -79,6 +82,19 @@ def _status_kb(field: str) -> int | None:
     except OSError:
         pass
     return None
+
+
+def _runqueue_wait_s() -> float | None:
+    """Seconds this process's threads have been runnable but waiting for a core, summed over threads
+    (the second field of /proc/self/task/*/schedstat); None where the kernel does not say."""
+    total_ns = 0
+    try:
+        for tid in os.listdir("/proc/self/task"):
+            with open(f"/proc/self/task/{tid}/schedstat") as f:
+                total_ns += int(f.read().split()[1])
+    except (OSError, ValueError, IndexError):
+        return None
+    return total_ns / 1e9
 
 
 def _reset_peak() -> bool:
@@ -210,7 +226,12 @@ def measure(spec: dict) -> dict:
         run()
         warm += 1
     result["warmup_runs"] = warm
+    wait0, start = _runqueue_wait_s(), time.perf_counter()
     times = _timed_runs(run, spec)
+    wait1, window = _runqueue_wait_s(), time.perf_counter() - start
+    if wait0 is not None and wait1 is not None and window > 0:
+        # per thread the engine was asked to use: 0 on an idle machine, 0.5 when its threads ran half the time
+        result["cpu_wait"] = (wait1 - wait0) / (window * spec["threads"])
     peak = _status_kb("VmHWM")
     ms = np.array(times) * 1e3
     result.update(median_ms=float(np.median(ms)), p90_ms=float(np.percentile(ms, 90)), runs=len(times))

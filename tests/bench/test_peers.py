@@ -288,6 +288,17 @@ def test_the_table_shows_every_engine_with_its_roofline_ratio_or_error():
     assert penni.split()[6] == "4.5"  # 0.9 ms over the 0.2 ms roofline
 
 
+def test_the_table_flags_rows_whose_threads_waited_for_a_core():
+    report = _report_with_every_engine()
+    assert "busy machine" not in format_bench_table(report)
+    for row in report["results"]:
+        if "median_ms" in row:
+            row["cpu_wait"] = 0.01  # an idle machine's scheduling noise
+    report["results"][2]["cpu_wait"] = 0.3
+    [line] = [ln for ln in format_bench_table(report).splitlines() if ln.startswith("busy machine")]
+    assert "(penni-deploy b1 30%)" in line and "medians are inflated" in line
+
+
 def test_the_plot_has_a_line_for_every_engine(tmp_path):
     import matplotlib.pyplot as plt
 

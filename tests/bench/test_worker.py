@@ -21,7 +21,7 @@ def _sleeper(seconds, calls=None):
 
 
 def _spec(**overrides):
-    return {"repeat": 3, "min_repeat": 3, "min_seconds": 0.0, "max_seconds": 10.0, **overrides}
+    return {"repeat": 3, "min_repeat": 3, "min_seconds": 0.0, "max_seconds": 10.0, "threads": 1, **overrides}
 
 
 def test_timed_runs_stop_at_repeat_when_there_is_no_time_budget():
@@ -75,3 +75,25 @@ def test_the_artifact_is_loaded_with_the_runtime_defaults_at_the_bench_threads(t
     monkeypatch.setattr(penni_deploy, "load", load)
     worker._load_tvm({"path": "m.penni", "device": "cpu", "threads": 3}, np.zeros(1))
     assert calls == [{"path": "m.penni", "device": "cpu", **({"threads": 3} if takes_threads else {})}]
+
+
+def test_a_row_says_how_long_its_threads_waited_for_a_core(monkeypatch):
+    waits = iter([10.0, 10.6])  # seconds of runqueue wait before and after the timed runs
+
+    monkeypatch.setattr(worker, "_runqueue_wait_s", lambda: next(waits))
+    monkeypatch.setitem(worker._ENGINE_MODULES, "fake", ("json",))
+    monkeypatch.setitem(worker._LOADERS, "fake", lambda spec, x: (_sleeper(0.0), (lambda a: a), {}))
+    spec = _spec(engine_kind="fake", shape=[1, 2], threads=2, warmup=1, warmup_seconds=0, min_seconds=0.5,
+                 check=None)
+    result = worker.measure(spec)
+    assert 0.5 <= 0.6 / (result["cpu_wait"] * 2) < 0.6  # 0.6 s of waiting over a window of 0.5+ s, 2 threads
+
+
+def test_the_runqueue_wait_is_read_from_the_kernel():
+    if worker._runqueue_wait_s() is None:
+        pytest.skip("no /proc/self/task/*/schedstat on this kernel")
+    before = worker._runqueue_wait_s()
+    end = time.perf_counter() + 0.05
+    while time.perf_counter() < end:
+        pass
+    assert worker._runqueue_wait_s() >= before >= 0
