@@ -27,6 +27,7 @@ import os
 import shutil
 import warnings
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 
 import torch
@@ -170,13 +171,24 @@ class SavedNetwork:
     ----------
     saved : torch.jit.ScriptModule or torch.export.ExportedProgram
         The model as loaded from the file; a program is the one for this input shape.
-    program : torch.export.ExportedProgram
-        What ``torch.compile`` runs the module of: ``saved`` itself for a ``.pt2`` file, and for TorchScript
-        the program ``compile`` converts it to (``frontend.to_relax.export_program``).
+    shape : tuple of int
+        The input shape.
     """
 
     saved: torch.jit.ScriptModule | torch.export.ExportedProgram
-    program: torch.export.ExportedProgram
+    shape: tuple[int, ...]
+
+    @cached_property
+    def program(self) -> torch.export.ExportedProgram:
+        """What ``torch.compile`` runs the module of: ``saved`` itself for a ``.pt2`` file, and for
+        TorchScript the program ``compile`` converts it to (``frontend.to_relax.export_program``; made
+        when first asked for, as only the torch.compile peer needs it)."""
+        if isinstance(self.saved, torch.export.ExportedProgram):
+            return self.saved
+        from ..frontend.load_model import LoadedModel
+        from ..frontend.to_relax import export_program
+
+        return export_program(LoadedModel(self.saved, "torchscript", None, ""), self.shape)
 
     def eager(self) -> nn.Module:
         """The module PyTorch eager runs: the ScriptModule, or the program's module."""
@@ -217,11 +229,10 @@ def saved_network(model: torch.jit.ScriptModule | torch.export.ExportedProgram,
     op it decomposes to.
     """
     from ..errors import UnsupportedModelError
-    from ..frontend.load_model import LoadedModel, user_input_shapes
-    from ..frontend.to_relax import export_program
+    from ..frontend.load_model import user_input_shapes
 
     if isinstance(model, torch.jit.ScriptModule):
-        return SavedNetwork(model, export_program(LoadedModel(model, "torchscript", None, ""), shape))
+        return SavedNetwork(model, tuple(shape))
     exported = user_input_shapes(model)
     if exported != [tuple(shape)]:
         try:
@@ -232,7 +243,7 @@ def saved_network(model: torch.jit.ScriptModule | torch.export.ExportedProgram,
                 f"cannot trace the model for input {tuple(shape)}: {first}; the .pt2 file was exported for input "
                 f"{exported[0]}: bench it with --batch {exported[0][0]}, or export it with a dynamic batch "
                 "dimension") from e
-    return SavedNetwork(model, model)
+    return SavedNetwork(model, tuple(shape))
 
 
 _NOT_A_MODULE = ("needs the PENNI layers of a PyTorch module, which TorchScript and .pt2 files do not keep: "
