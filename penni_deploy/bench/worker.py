@@ -17,7 +17,7 @@ loading) on a file of the spec's ``torch_format`` (``launch.save_network``), ``o
 ``openvino`` and ``deepsparse`` (an ONNX file), and ``matmul-peak``, which times a large fp32 matmul for
 the roofline.
 
-Timing (:func:`measure`) is the same for every engine, so that medians agree from run to run: warm-up
+Timing (:func:`measure`) is the same for every engine: warm-up
 for ``warmup`` runs and at least ``warmup_seconds`` (a fast engine's first milliseconds are not warm:
 thread pools wake, caches and allocators fill), then timed runs until there are ``repeat`` of them and
 ``min_seconds`` have passed, so that the median of a sub-millisecond engine spans a window long enough
