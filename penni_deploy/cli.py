@@ -295,7 +295,8 @@ def bench(
     input_shape: InputShape = None,
     batch: Annotated[str, typer.Option(help="Batch sizes, comma-separated.")] = "1,8",
     threads: Annotated[Optional[int], typer.Option(help="Threads for every engine (default: all cores).")] = None,
-    repeat: Annotated[int, typer.Option(help="Timed runs per engine (median and p90 reported).")] = 100,
+    repeat: Annotated[int, typer.Option(help="Timed runs per engine, at least (median and p90 reported).")] = 100,
+    seconds: Annotated[float, typer.Option(help="Time each engine for at least this long, too.")] = 1.0,
     device: Annotated[str, typer.Option(help="cpu, or cuda (needs a GPU; compile with --target cuda).")] = "cpu",
     json_out: Annotated[Optional[Path], typer.Option("--json", help="Also write the report as JSON.")] = None,
     plot: Annotated[Optional[Path], typer.Option(help="Also draw the latencies as a PNG (needs matplotlib).")] = None,
@@ -312,7 +313,7 @@ def bench(
 
     model_arch, gpu_arch = _split_arch(arch)
     options = BenchOptions(batches=_int_list(batch, "--batch"), threads=threads or available_cores(),
-                           repeat=repeat, min_repeat=min(20, repeat), device=device,
+                           repeat=repeat, min_repeat=min(20, repeat), min_seconds=seconds, device=device,
                            compile=CompileOptions(target=target, mcpu=mcpu, gpu_arch=gpu_arch,
                                                   tuning_db=str(tuning_db) if tuning_db else None), peers=peers)
     report = run_bench(str(model), arch=model_arch, trust_pickle=trust_pickle, input_shape=_shape(input_shape),

@@ -9,10 +9,11 @@ Engines (each measured in its own process, see ``worker``):
 - ``penni-deploy``: the compiled artifact, loaded with the TVM runtime as a user would;
 - with ``peers``: torch.compile, onnxruntime, OpenVINO (f32 and bf16) and DeepSparse (``peers.py``).
 
-For TorchScript and ``.pt2`` inputs the PyTorch module is not rebuilt: it is measured as saved
-(``torch-as-saved``), and the engines that need the PENNI layers are reported as unavailable. An engine
-that cannot run (a package or venv missing, a failed export) is a row with an ``error`` saying why and
-how to fix it, never left out.
+For TorchScript and ``.pt2`` inputs the PyTorch module is not rebuilt: the network as saved, at each batch
+size (``peers.SavedNetwork``), is what PyTorch eager (``torch-as-saved``) and the peers (``*-as-saved``)
+run, and the engines that need the PENNI layers are reported as unavailable. Every network reaches its
+worker as a file it loads on its own (``launch.save_network``). An engine that cannot run (a package or
+venv missing, a failed export) is a row with an ``error`` saying why and how to fix it, never left out.
 
 Every engine gets the same random input and its output is checked against the PyTorch network it runs
 (``max_rel_error``). The run also times a large matmul for the roofline (``roofline.py``).
@@ -31,25 +32,33 @@ import torch
 from ..compiler import compile_loaded
 from ..frontend import load_model, resolve_input_shape
 from ..frontend.load_model import LoadedModel
-from .launch import run_worker, save_check, worker_spec
+from .launch import run_worker, save_check, save_network, worker_spec
 from .options import BenchOptions
 from .peer_runs import measure_peers
-from .peers import peer_networks, select_engines
+from .peers import SavedNetwork, peer_networks, saved_network, select_engines
 from .roofline import with_roofline
 
 Progress = Callable[[str], None]
 
+BUSY_CPU_WAIT = 0.05  # a row whose threads waited this much of their timed window for a core is flagged
 
-def _reference_modules(loaded: LoadedModel) -> dict[str, torch.nn.Module | None]:
+
+def _is_saved_file(loaded: LoadedModel) -> bool:
+    """A TorchScript or .pt2 model: a network as saved, without PENNI layers to rebuild other forms from."""
+    return isinstance(loaded.model, (torch.jit.ScriptModule, torch.export.ExportedProgram))
+
+
+def _module_references(model: torch.nn.Module) -> dict[str, torch.nn.Module | None]:
+    """PyTorch eager's networks for a module: the dense and the two-stage copies of its PENNI layers."""
     from ..models.dense_copy import has_penni_layers, to_dense_model, to_two_stage_model
 
-    model = loaded.model
-    if isinstance(model, torch.nn.Module) and not isinstance(model, torch.jit.ScriptModule):
-        if has_penni_layers(model):
-            return {"torch-dense": to_dense_model(model), "torch-two-stage": to_two_stage_model(model)}
-        return {"torch-dense": model, "torch-two-stage": None}
-    module = model.module() if isinstance(model, torch.export.ExportedProgram) else model
-    return {"torch-as-saved": module, "torch-dense": None, "torch-two-stage": None}
+    if has_penni_layers(model):
+        return {"torch-dense": to_dense_model(model), "torch-two-stage": to_two_stage_model(model)}
+    return {"torch-dense": model, "torch-two-stage": None}
+
+
+def _saved_references(network: SavedNetwork) -> dict[str, SavedNetwork | None]:
+    return {"torch-as-saved": network, "torch-dense": None, "torch-two-stage": None}
 
 
 def run_bench(path: str, *, arch: str | None = None, trust_pickle: bool = False,
@@ -61,27 +70,32 @@ def run_bench(path: str, *, arch: str | None = None, trust_pickle: bool = False,
     options = options or BenchOptions()
     device = _bench_device(options)
     loaded = load_model(path, arch=arch, trust_pickle=trust_pickle)
-    references = _reference_modules(loaded)
-    dense_source = references.get("torch-dense") or references.get("torch-as-saved")
-    dense_loaded = LoadedModel(dense_source, "module", loaded.input_shape, loaded.source_sha256)
-    engines = select_engines(options.peer_engines) if options.peers else ()
-    networks, pruned_sparsity = peer_networks(loaded.model) if engines else ({}, {})
+    saved_file = _is_saved_file(loaded)
+    shapes = {batch: resolve_input_shape(loaded, input_shape, batch) for batch in options.batches}
+    # A saved file's network at each batch size, made before any measuring: a .pt2 that fixed its batch
+    # size fails here, in seconds, with the error compile would give.
+    saved_networks = ({batch: saved_network(loaded.model, shape) for batch, shape in shapes.items()}
+                      if saved_file else {})
+    module_references = None if saved_file else _module_references(loaded.model)
+    engines = select_engines(options.peer_engines, saved=saved_file) if options.peers else ()
+    networks, pruned_sparsity = peer_networks(loaded.model) if engines and not saved_file else ({}, {})
+    if saved_file:
+        dense_loaded = loaded  # TVM without the PENNI passes compiles the network as saved
+    else:
+        dense_source = module_references["torch-dense"]
+        dense_loaded = LoadedModel(dense_source, "module", loaded.input_shape, loaded.source_sha256)
     results = []
     parity = {}
     with tempfile.TemporaryDirectory(prefix="penni-bench-") as tmp:
-        saved = {}
-        for name, module in references.items():
-            if module is None:
-                continue
-            saved[name] = os.path.join(tmp, f"{name}.pt")
-            if isinstance(module, torch.jit.ScriptModule):
-                torch.jit.save(module, saved[name])
-            else:
-                torch.save(module, saved[name])  # our own temporary file, loaded back by the worker
         progress(f"measuring the fp32 matmul peak ({options.matmul_n}×{options.matmul_n})")
         peak = run_worker({"engine_kind": "matmul-peak", "threads": options.threads, "n": options.matmul_n})
         for batch in options.batches:
-            shape = resolve_input_shape(loaded, input_shape, batch)
+            shape = shapes[batch]
+            if saved_file:
+                references = _saved_references(saved_networks[batch])
+                networks, pruned_sparsity = peer_networks(saved_networks[batch]) if engines else ({}, {})
+            else:
+                references = module_references
             artifacts = {}
             progress(f"batch {batch}: compiling penni-deploy artifact")
             artifacts["penni-deploy"] = os.path.join(tmp, f"penni-b{batch}.penni")
@@ -109,8 +123,10 @@ def run_bench(path: str, *, arch: str | None = None, trust_pickle: bool = False,
                     engine["error"] = "unavailable for this model format"
                 else:
                     progress(f"batch {batch}: measuring {name}")
-                    kind = "torchscript" if isinstance(module, torch.jit.ScriptModule) else "torch"
-                    engine.update(run_worker(worker_spec(options, kind, saved[name], shape, device, check)))
+                    network = module.saved if isinstance(module, SavedNetwork) else module
+                    file, torch_format = save_network(network, os.path.join(tmp, f"{name}-b{batch}"))
+                    engine.update(run_worker(worker_spec(options, "torch", file, shape, device, check,
+                                                         torch_format=torch_format)))
                 results.append(engine)
             for name, artifact in artifacts.items():
                 progress(f"batch {batch}: measuring {name}")
@@ -174,6 +190,12 @@ def format_bench_table(report: dict) -> str:
         lines.append(f"{head} {r['median_ms']:>10.3f} {r['p90_ms']:>9.3f} {speedup:>8} {ratio:>9} {mem} {error:>8}")
     parity = ", ".join(f"batch {b}: {e:.1e}" for b, e in report["parity_max_rel_error"].items())
     lines.append(f"penni-deploy vs PyTorch, max abs error / output scale: {parity}")
+    waited = [f"{r['engine']} b{r['batch']} {r['cpu_wait']:.0%}" for r in report["results"]
+              if r.get("cpu_wait", 0.0) > BUSY_CPU_WAIT]
+    if waited:
+        lines.append(f"busy machine: these rows' threads waited for a core during their timed runs "
+                     f"({', '.join(waited)}); other processes used the cores, so their medians are inflated "
+                     "and vary from run to run")
     if "pruned_conv_sparsity" in report and any(r["engine"] == "deepsparse-pruned" for r in report["results"]):
         values = list(report["pruned_conv_sparsity"].values())
         lines.append(f"deepsparse-pruned: dense convs magnitude-pruned to each PENNI layer's coefficient sparsity "

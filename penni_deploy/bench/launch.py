@@ -49,11 +49,34 @@ def run_worker(spec: dict, python: str | None = None) -> dict:
 
 
 def worker_spec(options: BenchOptions, kind: str, path: str, shape, device: str, check: dict | None = None,
-                precision: str = "fp32") -> dict:
-    """The worker's instructions: what to load, at which threads, how many runs, what to check against."""
+                precision: str = "fp32", torch_format: str | None = None) -> dict:
+    """The worker's instructions: what to load, at which threads, how many runs, what to check against.
+
+    ``torch_format`` says how a PyTorch engine's file was written (:func:`save_network`).
+    """
     return {"engine_kind": kind, "path": path, "shape": list(shape), "threads": options.threads, "device": device,
-            "warmup": options.warmup, "repeat": options.repeat, "min_repeat": options.min_repeat,
-            "max_seconds": options.max_seconds, "check": check, "precision": precision}
+            "warmup": options.warmup, "warmup_seconds": options.warmup_seconds, "repeat": options.repeat,
+            "min_repeat": options.min_repeat, "min_seconds": options.min_seconds, "max_seconds": options.max_seconds,
+            "check": check, "precision": precision, "torch_format": torch_format}
+
+
+def save_network(network, path_stem: str) -> tuple[str, str]:
+    """Write a PyTorch network to a file a worker loads on its own; returns the path and its ``torch_format``.
+
+    - ``torchscript``: a ScriptModule, with ``torch.jit.save``;
+    - ``pt2``: an ExportedProgram, with ``torch.export.save`` (its module cannot be pickled: the
+      GraphModule holds local functions);
+    - ``pickle``: a module of ours (the dense, two-stage or pruned copy, or the loaded zoo module), with
+      ``torch.save``; our own temporary file, whose classes the worker imports from penni_deploy.
+    """
+    if isinstance(network, torch.jit.ScriptModule):
+        torch.jit.save(network, path_stem + ".torchscript.pt")
+        return path_stem + ".torchscript.pt", "torchscript"
+    if isinstance(network, torch.export.ExportedProgram):
+        torch.export.save(network, path_stem + ".pt2")
+        return path_stem + ".pt2", "pt2"
+    torch.save(network, path_stem + ".pt")
+    return path_stem + ".pt", "pickle"
 
 
 def save_check(workdir: str, x: np.ndarray, name: str, module) -> dict:

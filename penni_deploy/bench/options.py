@@ -15,9 +15,11 @@ class BenchOptions:
     batches: tuple[int, ...] = (1, 8)
     threads: int = field(default_factory=available_cores)
     warmup: int = 10
+    warmup_seconds: float = 0.5  # warm-up lasts at least this long, and ``warmup`` runs
     repeat: int = 100
+    min_seconds: float = 1.0  # timed runs last at least this long, and ``repeat`` runs (see worker.measure)
     min_repeat: int = 20
-    max_seconds: float = 10.0
+    max_seconds: float = 10.0  # a slow engine stops here once it has ``min_repeat`` runs
     device: str | None = None  # default: the compile target's device
     compile: CompileOptions = field(default_factory=CompileOptions)
     peers: bool = False  # also measure the engines of peers.PEER_ENGINES

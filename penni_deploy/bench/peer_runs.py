@@ -1,9 +1,9 @@
 """Measure the peer engines (``peers.PEER_ENGINES``) on one batch size: one row per engine, always.
 
 Each engine runs in its own worker process (``launch.run_worker``) with the bench's threads, on the
-network of its form: torch.compile loads the PyTorch module, the ONNX engines the one ONNX file exported
-per form and batch size. An engine that cannot run gets a row with an ``error`` saying what is missing
-and how to install it.
+network of its form: torch.compile loads the PyTorch module (for a saved file, the exported program),
+the ONNX engines the one ONNX file exported per form and batch size. An engine that cannot run gets a
+row with an ``error`` saying what is missing and how to install it.
 """
 
 from __future__ import annotations
@@ -12,22 +12,22 @@ import os
 from collections.abc import Callable, Sequence
 
 import numpy as np
-import torch
 from torch import nn
 
-from .launch import run_worker, save_check, worker_spec
+from .launch import run_worker, save_check, save_network, worker_spec
 from .options import BenchOptions
 from .peers import (
     PEER_ENGINES,
     PeerEngine,
     PeerUnavailableError,
+    SavedNetwork,
     deepsparse_python,
     export_onnx,
     missing_reason,
 )
 
 
-def measure_peers(networks: dict[str, nn.Module | str], shape: tuple[int, ...], options: BenchOptions,
+def measure_peers(networks: dict[str, nn.Module | SavedNetwork | str], shape: tuple[int, ...], options: BenchOptions,
                   workdir: str, *, x: np.ndarray | None = None, engines: Sequence[PeerEngine] = PEER_ENGINES,
                   progress: Callable[[str], None] = lambda _m: None) -> list[dict]:
     """One result row per engine of ``engines`` for input ``shape``, measured or with its ``error``.
@@ -35,7 +35,7 @@ def measure_peers(networks: dict[str, nn.Module | str], shape: tuple[int, ...], 
     Parameters
     ----------
     networks : dict
-        From ``peers.peer_networks``: form to module, or to the reason there is none.
+        From ``peers.peer_networks``: form to module (or saved network), or to the reason there is none.
     shape : tuple of int
         The input shape; its first entry is the batch size.
     options : BenchOptions
@@ -48,13 +48,15 @@ def measure_peers(networks: dict[str, nn.Module | str], shape: tuple[int, ...], 
     batch = shape[0]
     if x is None:
         x = np.random.default_rng(batch).standard_normal(shape).astype(np.float32)
-    files: dict[tuple[str, str], str | PeerUnavailableError] = {}  # (form, "onnx" | "torch") -> path
-    checks = {form: save_check(workdir, x, form, net) for form, net in networks.items() if isinstance(net, nn.Module)}
+    # (form, "onnx" | "torch") -> (path, torch_format), or why the export failed
+    files: dict[tuple[str, str], tuple[str, str | None] | PeerUnavailableError] = {}
+    checks = {form: save_check(workdir, x, form, net) for form, net in networks.items() if not isinstance(net, str)}
     rows = []
     for engine in engines:
         row = {"engine": engine.name, "batch": batch, "precision": engine.precision}
         network = networks[engine.form]
-        reason = missing_reason(engine) or (network if isinstance(network, str) else None)
+        # the model's own reason first: installing the engine would not give it a network to run
+        reason = network if isinstance(network, str) else missing_reason(engine)
         if reason is None:
             key = (engine.form, "onnx" if engine.needs_onnx else "torch")
             if key not in files:
@@ -65,19 +67,20 @@ def measure_peers(networks: dict[str, nn.Module | str], shape: tuple[int, ...], 
             rows.append({**row, "error": reason})
             continue
         progress(f"batch {batch}: measuring {engine.name}")
-        spec = worker_spec(options, engine.kind, files[key], shape, "cpu", checks[engine.form], engine.precision)
+        path, torch_format = files[key]
+        spec = worker_spec(options, engine.kind, path, shape, "cpu", checks[engine.form], engine.precision,
+                           torch_format)
         python = deepsparse_python() if engine.kind == "deepsparse" else None  # its own venv (numpy<2)
         rows.append({**row, **run_worker(spec, python)})
     return rows
 
 
-def _save(network: nn.Module, key: tuple[str, str], shape: tuple[int, ...], workdir: str):
+def _save(network: nn.Module | SavedNetwork, key: tuple[str, str], shape: tuple[int, ...], workdir: str):
     form, fmt = key
-    if fmt == "torch":
-        path = os.path.join(workdir, f"peer-{form}.pt")
-        torch.save(network, path)  # our own temporary file, loaded back by the worker
-        return path
+    stem = os.path.join(workdir, f"peer-{form}-b{shape[0]}")
+    if fmt == "torch":  # torch.compile runs a saved file's exported program, and our own modules as they are
+        return save_network(network.program if isinstance(network, SavedNetwork) else network, stem)
     try:
-        return export_onnx(network, tuple(shape), os.path.join(workdir, f"{form}-b{shape[0]}.onnx"))
+        return export_onnx(network, tuple(shape), stem + ".onnx"), None
     except PeerUnavailableError as e:
         return e

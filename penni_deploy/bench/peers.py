@@ -2,12 +2,18 @@
 
 No engine here exploits the PENNI structure; they are the numbers a user would get without this compiler:
 
-- ``torch-compile-*``: ``torch.compile`` (inductor) on the dense and on the two-stage network;
+- ``torch-compile-*``: ``torch.compile`` (inductor) on the dense and on the two-stage network, or on the
+  exported program's module of a saved file;
 - ``onnxruntime-*``: onnxruntime's CPU provider on the ONNX export of each network;
 - ``openvino-f32-*`` and ``openvino-bf16-*``: OpenVINO with the inference precision pinned (on CPUs with
   bf16 support it otherwise runs bf16 silently);
 - ``deepsparse-pruned``: DeepSparse, the one CPU engine that turns unstructured zeros into speed, on the
   dense network magnitude-pruned to the PENNI model's per-layer sparsity (:func:`magnitude_pruned_model`).
+
+A model given as a PyTorch module (state_dict + ``--arch``, trusted pickle) has PENNI layers to rebuild the
+dense, two-stage and pruned networks from. A TorchScript or ``.pt2`` file keeps the network as saved, so its
+peers run that one network (the ``*-as-saved`` rows, :class:`SavedNetwork`), and the pruned form is a row
+saying why there is none.
 
 Every ONNX engine reads the same single-file ONNX graph (:func:`export_onnx`). DeepSparse needs numpy<2
 and Python <= 3.11, so it lives in its own venv (``scripts/setup_deepsparse.sh``) and its worker runs
@@ -21,6 +27,7 @@ import os
 import shutil
 import warnings
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 
 import torch
@@ -28,8 +35,10 @@ from torch import nn
 
 from ..errors import PenniError
 
-FORMS = ("dense", "two-stage", "pruned")
-"""The networks a peer can run: dense convs (W = C·B), PENNI's exact two-stage form, or magnitude-pruned dense."""
+FORMS = ("dense", "two-stage", "pruned", "as-saved")
+"""The networks a peer can run: dense convs (W = C·B), PENNI's exact two-stage form, magnitude-pruned dense,
+or a TorchScript / ``.pt2`` file's network as saved."""
+MODULE_FORMS = ("dense", "two-stage", "pruned")  # rebuilt from the PENNI layers of a PyTorch module
 
 ONNX_OPSET = 13  # DeepSparse 1.8 reads up to this with the legacy exporter's op set
 DEEPSPARSE_PYTHON_ENV = "PENNI_DEEPSPARSE_PYTHON"
@@ -76,14 +85,24 @@ PEER_ENGINES = (
     PeerEngine("openvino-f32-two-stage", "openvino", "two-stage"),
     PeerEngine("openvino-bf16-dense", "openvino", "dense", "bf16"),
     PeerEngine("openvino-bf16-two-stage", "openvino", "two-stage", "bf16"),
+    PeerEngine("torch-compile-as-saved", "torch-compile", "as-saved"),
+    PeerEngine("onnxruntime-as-saved", "onnxruntime", "as-saved"),
+    PeerEngine("openvino-f32-as-saved", "openvino", "as-saved"),
+    PeerEngine("openvino-bf16-as-saved", "openvino", "as-saved", "bf16"),
+    PeerEngine("deepsparse-as-saved", "deepsparse", "as-saved"),
     PeerEngine("deepsparse-pruned", "deepsparse", "pruned"),
 )
 
 
-def select_engines(names: tuple[str, ...] | None) -> tuple[PeerEngine, ...]:
-    """The engines of :data:`PEER_ENGINES` called ``names`` (all when None), in the table's order."""
+def select_engines(names: tuple[str, ...] | None, saved: bool = False) -> tuple[PeerEngine, ...]:
+    """The engines of :data:`PEER_ENGINES` called ``names``, in the table's order.
+
+    When ``names`` is None: every engine that has a network for the model, that is the ``as-saved`` ones
+    for a TorchScript or ``.pt2`` file (``saved``), the others for a module; and ``deepsparse-pruned``
+    always, whose row says why a saved file has no pruned network.
+    """
     if names is None:
-        return PEER_ENGINES
+        return tuple(e for e in PEER_ENGINES if (e.form == "as-saved") == saved or e.name == "deepsparse-pruned")
     known = {engine.name for engine in PEER_ENGINES}
     unknown = sorted(set(names) - known)
     if unknown:
@@ -120,15 +139,17 @@ def missing_reason(engine: PeerEngine) -> str | None:
     return None
 
 
-def export_onnx(module: nn.Module, shape: tuple[int, ...], path: str) -> str:
-    """Write ``module`` as one self-contained ONNX file for input ``shape``; returns ``path``.
+def export_onnx(network: nn.Module | SavedNetwork, shape: tuple[int, ...], path: str) -> str:
+    """Write ``network`` as one self-contained ONNX file for input ``shape``; returns ``path``.
 
     The legacy TorchScript exporter (``dynamo=False``) at opset 13: DeepSparse reads nothing newer, and the
     default dynamo exporter of torch 2.13 writes the weights to a side file. Constants are folded, so
     the two-stage network's weights arrive as plain initializers. Every ONNX engine reads this one file.
+    A :class:`SavedNetwork` is exported from its ScriptModule, or from its ExportedProgram's module.
     """
     if importlib.util.find_spec("onnx") is None:
         raise PeerUnavailableError(f"the ONNX export needs the onnx package: {_PEERS_EXTRA}")
+    module = network.onnx_source() if isinstance(network, SavedNetwork) else network
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # the legacy exporter's deprecation notice, on every call
@@ -142,28 +163,123 @@ def export_onnx(module: nn.Module, shape: tuple[int, ...], path: str) -> str:
     return path
 
 
-def peer_networks(model) -> tuple[dict[str, nn.Module | str], dict[str, float]]:
+@dataclass(frozen=True, eq=False)
+class SavedNetwork:
+    """A TorchScript or ``.pt2`` model as the user saved it, at one input shape: what its peers run.
+
+    Parameters
+    ----------
+    saved : torch.jit.ScriptModule or torch.export.ExportedProgram
+        The model as loaded from the file; a program is the one for this input shape.
+    shape : tuple of int
+        The input shape.
+    """
+
+    saved: torch.jit.ScriptModule | torch.export.ExportedProgram
+    shape: tuple[int, ...]
+
+    @cached_property
+    def program(self) -> torch.export.ExportedProgram:
+        """What ``torch.compile`` runs the module of: ``saved`` itself for a ``.pt2`` file, and for
+        TorchScript the program ``compile`` converts it to (``frontend.to_relax.export_program``; made
+        when first asked for, as only the torch.compile peer needs it)."""
+        if isinstance(self.saved, torch.export.ExportedProgram):
+            return self.saved
+        from ..frontend.load_model import LoadedModel
+        from ..frontend.to_relax import export_program
+
+        return export_program(LoadedModel(self.saved, "torchscript", None, ""), self.shape)
+
+    def eager(self) -> nn.Module:
+        """The module PyTorch eager runs: the ScriptModule, or the program's module."""
+        return self.saved if isinstance(self.saved, torch.jit.ScriptModule) else self.saved.module()
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        return self.eager()(x)
+
+    def onnx_source(self) -> nn.Module:
+        """What the legacy ONNX exporter traces: the ScriptModule, or the program's module in a holder
+        whose ``train`` leaves it alone (the exporter switches to eval with it, which an exported module
+        refuses; its graph was fixed in eval mode when it was exported)."""
+        if isinstance(self.saved, torch.jit.ScriptModule):
+            return self.saved
+        return _FixedModeModule(self.saved.module())
+
+
+class _FixedModeModule(nn.Module):
+    def __init__(self, module: nn.Module):
+        super().__init__()
+        self.module = module
+
+    def train(self, mode: bool = True) -> _FixedModeModule:
+        self.training = mode  # not passed down: the exported graph's train/eval ops are already fixed
+        return self
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.module(x)
+
+
+def saved_network(model: torch.jit.ScriptModule | torch.export.ExportedProgram,
+                  shape: tuple[int, ...]) -> SavedNetwork:
+    """The :class:`SavedNetwork` of a TorchScript module or a ``.pt2`` program for input ``shape``.
+
+    A program exported for another shape is exported again from its module for ``shape``, as ``compile``
+    does; that fails (``UnsupportedModelError``) where the saved graph fixed the batch size. The program
+    is kept as exported, not decomposed: the legacy ONNX exporter knows ``batch_norm`` but not the core-ATen
+    op it decomposes to.
+    """
+    from ..errors import UnsupportedModelError
+    from ..frontend.load_model import user_input_shapes
+
+    if isinstance(model, torch.jit.ScriptModule):
+        return SavedNetwork(model, tuple(shape))
+    exported = user_input_shapes(model)
+    if exported != [tuple(shape)]:
+        try:
+            model = torch.export.export(model.module(), (torch.zeros(shape),))
+        except Exception as e:  # torch's first line, the cause chained, and what to do about it
+            first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+            raise UnsupportedModelError(
+                f"cannot trace the model for input {tuple(shape)}: {first}; the .pt2 file was exported for input "
+                f"{exported[0]}: bench it with --batch {exported[0][0]}, or export it with a dynamic batch "
+                "dimension") from e
+    return SavedNetwork(model, tuple(shape))
+
+
+_NOT_A_MODULE = ("needs the PENNI layers of a PyTorch module, which TorchScript and .pt2 files do not keep: "
+                 "bench a state_dict (with --arch) or a pickled module; this file's network is in the as-saved rows")
+_NOT_SAVED = ("only a TorchScript or .pt2 file has an as-saved network; "
+              "this module runs as its dense and two-stage forms")
+
+
+def peer_networks(model, shape: tuple[int, ...] | None = None
+                  ) -> tuple[dict[str, nn.Module | SavedNetwork | str], dict[str, float]]:
     """The network of each form in :data:`FORMS` for ``model``, or why there is none; and the pruned sparsity.
 
-    ``model`` is what ``load_model`` gives: the dense and two-stage networks are rebuilt from its PENNI
-    layers, as for PyTorch eager. TorchScript and ``.pt2`` models do not keep those layers.
+    ``model`` is what ``load_model`` gives, or a :class:`SavedNetwork`. From a PyTorch module the dense,
+    two-stage and pruned networks are rebuilt from its PENNI layers, as for PyTorch eager. A TorchScript
+    module or ``.pt2`` program is the network as saved, at input ``shape`` (which it then needs).
 
     Returns
     -------
     (dict, dict)
-        Form to ``nn.Module`` or to the reason it is missing; each pruned layer's fraction of zeros.
+        Form to ``nn.Module`` / :class:`SavedNetwork` or to the reason it is missing; each pruned layer's
+        fraction of zeros.
     """
     from ..models.dense_copy import has_penni_layers, to_dense_model, to_two_stage_model
 
-    if not isinstance(model, nn.Module) or isinstance(model, torch.jit.ScriptModule):
-        reason = ("needs the PyTorch module, which TorchScript and .pt2 files do not keep: "
-                  "bench a state_dict (with --arch) or a pickled module")
-        return dict.fromkeys(FORMS, reason), {}
+    if isinstance(model, (torch.jit.ScriptModule, torch.export.ExportedProgram)):
+        if shape is None:
+            raise ValueError("a TorchScript or .pt2 model's network needs the input shape")
+        model = saved_network(model, shape)
+    if isinstance(model, SavedNetwork):
+        return {**dict.fromkeys(MODULE_FORMS, _NOT_A_MODULE), "as-saved": model}, {}
     if not has_penni_layers(model):
         reason = "the model has no PENNI layers, so it has no two-stage or pruned form"
-        return {"dense": model.eval(), "two-stage": reason, "pruned": reason}, {}
+        return {"dense": model.eval(), "two-stage": reason, "pruned": reason, "as-saved": _NOT_SAVED}, {}
     pruned, sparsity = magnitude_pruned_model(model)
-    return {"dense": to_dense_model(model), "two-stage": to_two_stage_model(model), "pruned": pruned}, sparsity
+    networks = {"dense": to_dense_model(model), "two-stage": to_two_stage_model(model), "pruned": pruned}
+    return {**networks, "as-saved": _NOT_SAVED}, sparsity
 
 
 @torch.no_grad()

@@ -58,7 +58,8 @@ def bench_figure(report: dict):
     for ax, batch in zip(axes[0], batches):
         _draw_panel(ax, report, batch, engines, log)
     target = report["target"].get("mcpu") or report["target"].get("name")
-    fig.suptitle(f"{report['model']} — {report['threads']} threads, {target}; speedup vs PyTorch eager (dense)",
+    baseline = "as saved" if any(r["engine"] == "torch-as-saved" for r in report["results"]) else "dense"
+    fig.suptitle(f"{report['model']} — {report['threads']} threads, {target}; speedup vs PyTorch eager ({baseline})",
                  fontsize=10)
     fig.tight_layout()
     return fig

@@ -11,9 +11,20 @@ compiling) the model added to the process, and ``inference_mb`` the high-water m
 the level right after loading (activations, workspaces, allocator caches), read from /proc/self/status
 after resetting it. On a GPU these are host memory only.
 
-Engine kinds: ``tvm`` (a .penni artifact), ``torch`` / ``torchscript`` (PyTorch eager), ``torch-compile``
-(inductor; the first, compiling call is part of loading), ``onnxruntime``, ``openvino`` and
-``deepsparse`` (an ONNX file), and ``matmul-peak``, which times a large fp32 matmul for the roofline.
+Engine kinds: ``tvm`` (a .penni artifact, loaded with ``penni_deploy.load`` as a user's process loads
+it), ``torch`` (PyTorch eager) and ``torch-compile`` (inductor; the first, compiling call is part of
+loading) on a file of the spec's ``torch_format`` (``launch.save_network``), ``onnxruntime``,
+``openvino`` and ``deepsparse`` (an ONNX file), and ``matmul-peak``, which times a large fp32 matmul for
+the roofline.
+
+Timing (:func:`measure`) is the same for every engine: warm-up
+for ``warmup`` runs and at least ``warmup_seconds`` (a fast engine's first milliseconds are not warm:
+thread pools wake, caches and allocators fill), then timed runs until there are ``repeat`` of them and
+``min_seconds`` have passed, so that the median of a sub-millisecond engine spans a window long enough
+not to be one moment of the machine's load; past ``max_seconds`` a slow engine stops at ``min_repeat``.
+No loop makes a median repeatable on cores that other processes use, so each row also says how much of
+its timed window its threads spent runnable but waiting for a core (``cpu_wait``, from the kernel's
+per-thread schedstat): near 0 on an idle machine, and the reason when two runs disagree.
 """
 
 from __future__ import annotations
@@ -36,7 +47,6 @@ _INSTALL_HINTS = {
 _ENGINE_MODULES = {
     "tvm": ("tvm", "tvm.runtime.vm", "penni_deploy.artifact.runtime"),
     "torch": ("torch",),
-    "torchscript": ("torch",),
     "torch-compile": ("torch", "torch._inductor.compile_fx"),
     "onnxruntime": ("onnxruntime",),
     "openvino": ("openvino",),
@@ -74,6 +84,19 @@ def _status_kb(field: str) -> int | None:
     return None
 
 
+def _runqueue_wait_s() -> float | None:
+    """Seconds this process's threads have been runnable but waiting for a core, summed over threads
+    (the second field of /proc/self/task/*/schedstat); None where the kernel does not say."""
+    total_ns = 0
+    try:
+        for tid in os.listdir("/proc/self/task"):
+            with open(f"/proc/self/task/{tid}/schedstat") as f:
+                total_ns += int(f.read().split()[1])
+    except (OSError, ValueError, IndexError):
+        return None
+    return total_ns / 1e9
+
+
 def _reset_peak() -> bool:
     try:
         with open("/proc/self/clear_refs", "w") as f:
@@ -89,9 +112,14 @@ def _reset_peak() -> bool:
 
 
 def _load_tvm(spec: dict, x: np.ndarray):
-    from penni_deploy.artifact.runtime import load
+    import inspect
 
-    model = load(spec["path"], spec.get("device", "cpu"))
+    from penni_deploy import load
+
+    # The runtime's defaults, as a user's process gets them, at the bench's thread count: passed to the
+    # loader where it takes one, else through TVM_NUM_THREADS (set by launch.run_worker).
+    threads = {"threads": spec["threads"]} if "threads" in inspect.signature(load).parameters else {}
+    model = load(spec["path"], device=spec.get("device", "cpu"), **threads)
     return model.benchmark_callable(), model, {}
 
 
@@ -99,11 +127,14 @@ def _load_torch(spec: dict, x: np.ndarray):
     torch = _import("torch")
     torch.set_num_threads(spec["threads"])
     device = spec.get("device", "cpu")
-    if spec["engine_kind"] == "torchscript":
-        module = torch.jit.load(spec["path"])
+    torch_format = spec.get("torch_format") or "pickle"
+    if torch_format == "torchscript":
+        module = torch.jit.load(spec["path"]).eval()
+    elif torch_format == "pt2":
+        module = torch.export.load(spec["path"]).module()  # fixed in eval mode when exported: no .eval()
     else:
-        module = torch.load(spec["path"], weights_only=False)  # our own temporary file, written by the driver
-    module = module.eval().to(device)
+        module = torch.load(spec["path"], weights_only=False).eval()  # our own temporary file (save_network)
+    module = module.to(device)
     if spec["engine_kind"] == "torch-compile":
         module = torch.compile(module)  # inductor; compiles on the first call below
     xt = torch.from_numpy(x).to(device)
@@ -160,7 +191,6 @@ def _load_deepsparse(spec: dict, x: np.ndarray):
 _LOADERS = {
     "tvm": _load_tvm,
     "torch": _load_torch,
-    "torchscript": _load_torch,
     "torch-compile": _load_torch,
     "onnxruntime": _load_onnxruntime,
     "openvino": _load_openvino,
@@ -190,14 +220,18 @@ def measure(spec: dict) -> dict:
         expected = np.load(spec["check"]["expected"])
         got = np.asarray(infer(x), dtype=np.float64)
         result["max_rel_error"] = float(np.abs(got - expected).max() / max(1e-12, float(np.abs(expected).max())))
-    for _ in range(spec["warmup"]):
+    warm_until = time.perf_counter() + spec.get("warmup_seconds", 0.0)
+    warm = 0
+    while warm < spec["warmup"] or time.perf_counter() < warm_until:
         run()
-    times = []
-    deadline = time.perf_counter() + spec["max_seconds"]
-    while len(times) < spec["repeat"] and (len(times) < spec["min_repeat"] or time.perf_counter() < deadline):
-        start = time.perf_counter()
-        run()
-        times.append(time.perf_counter() - start)
+        warm += 1
+    result["warmup_runs"] = warm
+    wait0, start = _runqueue_wait_s(), time.perf_counter()
+    times = _timed_runs(run, spec)
+    wait1, window = _runqueue_wait_s(), time.perf_counter() - start
+    if wait0 is not None and wait1 is not None and window > 0:
+        # per thread the engine was asked to use: 0 on an idle machine, 0.5 when its threads ran half the time
+        result["cpu_wait"] = (wait1 - wait0) / (window * spec["threads"])
     peak = _status_kb("VmHWM")
     ms = np.array(times) * 1e3
     result.update(median_ms=float(np.median(ms)), p90_ms=float(np.percentile(ms, 90)), runs=len(times))
@@ -205,6 +239,22 @@ def measure(spec: dict) -> dict:
         result.update(model_mb=(rss_loaded - rss0) / 1024, inference_mb=max(0, peak - rss_loaded) / 1024,
                       peak_rss_mb=peak / 1024)
     return result
+
+
+def _timed_runs(run, spec: dict) -> list[float]:
+    """Seconds of each timed ``run()``: ``repeat`` runs and ``min_seconds`` at least, and no more once both
+    are reached; past ``max_seconds``, ``min_repeat`` runs are enough (a slow engine's budget)."""
+    times = []
+    start_all = time.perf_counter()
+    while True:
+        elapsed = time.perf_counter() - start_all
+        enough = len(times) >= spec["repeat"] and elapsed >= spec.get("min_seconds", 0.0)
+        out_of_time = len(times) >= spec["min_repeat"] and elapsed >= spec["max_seconds"]
+        if enough or out_of_time:
+            return times
+        start = time.perf_counter()
+        run()
+        times.append(time.perf_counter() - start)
 
 
 def matmul_peak(spec: dict) -> dict:

@@ -17,6 +17,7 @@ from penni_deploy.bench.peer_runs import measure_peers
 from penni_deploy.bench.peers import (
     DEEPSPARSE_PYTHON_ENV,
     PEER_ENGINES,
+    SavedNetwork,
     deepsparse_python,
     export_onnx,
     magnitude_pruned_model,
@@ -29,7 +30,7 @@ from penni_deploy.errors import PenniError
 from penni_deploy.models import PenniConv2d
 
 TESTS_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-FAST = BenchOptions(threads=1, warmup=1, repeat=3, min_repeat=3, max_seconds=5)
+FAST = BenchOptions(threads=1, warmup=1, warmup_seconds=0, repeat=3, min_repeat=3, min_seconds=0, max_seconds=5)
 
 
 @pytest.fixture(scope="module")
@@ -115,12 +116,54 @@ def test_a_model_without_penni_layers_has_only_a_dense_form():
     networks, sparsity = peer_networks(plain)
     assert networks["dense"] is plain and sparsity == {}
     assert "no PENNI layers" in networks["two-stage"] and "no PENNI layers" in networks["pruned"]
+    assert "TorchScript or .pt2" in networks["as-saved"]
 
 
-def test_torchscript_models_say_which_file_to_give():
-    traced = torch.jit.trace(tiny_model(), torch.zeros(TINY_SHAPE))
-    networks, _ = peer_networks(traced)
-    assert all(isinstance(reason, str) and "state_dict" in reason for reason in networks.values())
+def _saved(fmt):
+    example = torch.zeros(TINY_SHAPE)
+    if fmt == "torchscript":
+        return torch.jit.trace(tiny_model(), example)
+    return torch.export.export(tiny_model(), (example,))
+
+
+@pytest.mark.parametrize("fmt", ["torchscript", "pt2"])
+def test_a_saved_file_is_one_network_as_saved(fmt, tmp_path):
+    networks, sparsity = peer_networks(_saved(fmt), TINY_SHAPE)
+    assert sparsity == {}
+    for form in ("dense", "two-stage", "pruned"):  # no PENNI layers to rebuild them from: say what to give
+        assert "state_dict" in networks[form] and "as-saved rows" in networks[form]
+    network = networks["as-saved"]
+    assert isinstance(network, SavedNetwork) and isinstance(network.program, torch.export.ExportedProgram)
+
+    x = np.random.default_rng(0).standard_normal(TINY_SHAPE).astype(np.float32)
+    with torch.inference_mode():
+        expected = tiny_model()(torch.from_numpy(x)).numpy()
+        assert relative_error(network(torch.from_numpy(x)).numpy(), expected) < 1e-6
+        assert relative_error(network.program.module()(torch.from_numpy(x)).numpy(), expected) < 1e-5  # torch.compile's
+
+    import onnx
+    import onnxruntime
+
+    path = export_onnx(network, TINY_SHAPE, str(tmp_path / "m.onnx"))
+    assert os.listdir(tmp_path) == ["m.onnx"]
+    assert [o.version for o in onnx.load(path).opset_import if o.domain in ("", "ai.onnx")] == [13]
+    got = onnxruntime.InferenceSession(path, providers=["CPUExecutionProvider"]).run(None, {"input": x})[0]
+    assert relative_error(got, expected) < 1e-5
+
+
+def test_a_pt2_file_at_another_batch_size_fails_as_compile_does():
+    from penni_deploy.errors import UnsupportedModelError
+
+    with pytest.raises(UnsupportedModelError, match=r"input \(1, 3, 12, 12\).*bench it with --batch 2"):
+        peer_networks(_saved("pt2"), (1, *TINY_SHAPE[1:]))
+
+
+def test_the_default_engines_are_those_with_a_network_for_the_format():
+    module_engines = [e.name for e in select_engines(None)]
+    assert module_engines == [e.name for e in PEER_ENGINES if not e.name.endswith("-as-saved")]
+    assert [e.name for e in select_engines(None, saved=True)] == [
+        "torch-compile-as-saved", "onnxruntime-as-saved", "openvino-f32-as-saved", "openvino-bf16-as-saved",
+        "deepsparse-as-saved", "deepsparse-pruned"]  # the last one a row saying why there is no pruned network
 
 
 # --- the engines ----------------------------------------------------------------------------------------
@@ -243,6 +286,17 @@ def test_the_table_shows_every_engine_with_its_roofline_ratio_or_error():
                 assert line.split()[1] == ("bf16" if "bf16" in name else "fp32")
     [penni] = [ln for ln in lines if ln.startswith("penni-deploy") and ln.split()[2] == "1"]
     assert penni.split()[6] == "4.5"  # 0.9 ms over the 0.2 ms roofline
+
+
+def test_the_table_flags_rows_whose_threads_waited_for_a_core():
+    report = _report_with_every_engine()
+    assert "busy machine" not in format_bench_table(report)
+    for row in report["results"]:
+        if "median_ms" in row:
+            row["cpu_wait"] = 0.01  # an idle machine's scheduling noise
+    report["results"][2]["cpu_wait"] = 0.3
+    [line] = [ln for ln in format_bench_table(report).splitlines() if ln.startswith("busy machine")]
+    assert "(penni-deploy b1 30%)" in line and "medians are inflated" in line
 
 
 def test_the_plot_has_a_line_for_every_engine(tmp_path):
