@@ -26,14 +26,14 @@ BUDGET = 30.0
 def test_gpu_script_on_a_tiny_subset_within_its_budget(tmp_path):
     out = tmp_path / "out"
     argv = [sys.executable, SCRIPT, "--data", DATA, "--out", str(out), "--device", "cpu", "--arch", "resnet20",
-            "--subset", "40", "--test-subset", "20", "--batch-size", "20", "--baseline-epochs", "30",
-            "--retrain-epochs", "30", "--finetune-epochs", "10", "--bf16", "--channels-last", "--probe-steps", "0",
+            "--subset", "40", "--test-subset", "20", "--batch-size", "20", "--baseline-epochs", "300",
+            "--retrain-epochs", "300", "--finetune-epochs", "100", "--bf16", "--channels-last", "--probe-steps", "0",
             "--budget", str(BUDGET), "--reserve", "10", "--work-dir", str(tmp_path / "work")]
     start = time.monotonic()
     done = subprocess.run(argv, capture_output=True, text=True, timeout=300, env=dict(os.environ, PYTHONPATH=""))
     wall = time.monotonic() - start
     assert done.returncode == 0, done.stderr[-3000:]
-    assert wall < BUDGET + 45  # 70 planned epochs would take minutes: the budget cut them
+    assert wall < BUDGET + 45  # 700 planned epochs would take minutes even on a fast CPU: the budget cut them
 
     assert sorted(os.listdir(out)) == ["gpu_compress.log", "resnet20-penni.pt.gz", "resnet20-penni.state_dict.pt.gz",
                                        "resnet20-penni.summary.json", "resnet20-penni.summary.png"]
@@ -44,7 +44,7 @@ def test_gpu_script_on_a_tiny_subset_within_its_budget(tmp_path):
     assert summary["config"]["preset"] == "paper-fast" and summary["config"]["interval"] == 2
     stages = {s["stage"]: s for s in summary["stages"]}
     assert list(stages) == ["baseline", "decompose", "retrain", "prune", "finetune", "shrink"]
-    for name, planned in (("baseline", 30), ("retrain", 30), ("finetune", 10)):
+    for name, planned in (("baseline", 300), ("retrain", 300), ("finetune", 100)):
         assert stages[name]["planned_epochs"] == planned and 1 <= stages[name]["epochs"] < planned, name
         assert stages[name]["train_images_per_s"] > 0
     assert all(s["eval_images_per_s"] > 0 for s in stages.values())
