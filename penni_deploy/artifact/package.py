@@ -41,19 +41,29 @@ def write_artifact(path: str, executable, manifest: Manifest) -> Manifest:
             raise ArtifactError("the CUDA library holds no compiled GPU code (no fatbinary); refusing to write it")
         library_info["gpu_code"] = gpu_code
     manifest = replace(manifest, library=library_info)
-    tmp_zip = os.path.join(out_dir, f".penni-{secrets.token_hex(8)}.partial")
+    write_zip_atomically(path, [(MANIFEST_NAME, manifest.to_json().encode("utf-8")), (LIBRARY_NAME, library)],
+                         what="-o")
+    return manifest
+
+
+def write_zip_atomically(path: str, entries: list[tuple[str, bytes]], *, mode: int | None = None,
+                         what: str = "the artifact") -> None:
+    """Write a deflated zip of ``entries`` to ``path``: next to it first, then renamed over it, so a
+    failure never leaves a half-written file. The file gets ``mode``, or what the umask gives a new
+    file (not mkstemp's 0600, unreadable by a deploying account)."""
+    tmp_zip = os.path.join(os.path.dirname(path), f".penni-{secrets.token_hex(8)}.partial")
     try:
-        # not mkstemp: it creates files 0600 whatever the umask, unreadable by a deploying account
         fd = os.open(tmp_zip, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
     except OSError as exc:
-        raise OutputPathError(f"cannot write -o {path}: {exc}") from None
+        raise OutputPathError(f"cannot write {what} {path}: {exc}") from None
     try:
         with os.fdopen(fd, "wb") as raw, zipfile.ZipFile(raw, "w", compression=zipfile.ZIP_DEFLATED) as archive:
-            archive.writestr(MANIFEST_NAME, manifest.to_json())
-            archive.writestr(LIBRARY_NAME, library)
+            for name, data in entries:
+                archive.writestr(name, data)
+        if mode is not None:
+            os.chmod(tmp_zip, mode)
         os.replace(tmp_zip, path)
     except BaseException:
         if os.path.exists(tmp_zip):
             os.unlink(tmp_zip)
         raise
-    return manifest

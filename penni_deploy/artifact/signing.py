@@ -25,7 +25,6 @@ import base64
 import hashlib
 import json
 import os
-import tempfile
 import zipfile
 import zlib
 from datetime import datetime, timezone
@@ -33,6 +32,7 @@ from typing import Union
 
 from ..errors import ArtifactError, SignatureError
 from .manifest import LIBRARY_NAME, MANIFEST_NAME
+from .package import write_zip_atomically
 
 SIGNATURE_NAME = "signature.json"
 SIGNATURE_FORMAT = "penni-deploy-signature-v1"
@@ -222,19 +222,9 @@ def sign_artifact(path: KeyPath, key: KeyPath) -> str:
               "signature": base64.b64encode(der).decode("ascii"),
               "signed": datetime.now(timezone.utc).isoformat(timespec="seconds")}
     mode = os.stat(path).st_mode & 0o7777
-    fd, tmp = tempfile.mkstemp(prefix=".penni-sign-", suffix=".partial", dir=os.path.dirname(os.path.abspath(path)))
-    try:
-        with os.fdopen(fd, "wb") as raw, zipfile.ZipFile(raw, "w", compression=zipfile.ZIP_DEFLATED) as archive:
-            for name in names:
-                if name != SIGNATURE_NAME:
-                    archive.writestr(name, by_name[name])
-            archive.writestr(SIGNATURE_NAME, json.dumps(record, indent=2))
-        os.chmod(tmp, mode)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    kept = [(name, by_name[name]) for name in names if name != SIGNATURE_NAME]
+    write_zip_atomically(os.path.abspath(path), kept + [(SIGNATURE_NAME, json.dumps(record, indent=2).encode())],
+                         mode=mode, what="the signed artifact")
     return signer
 
 

@@ -62,6 +62,15 @@ def _product(values) -> int | None:
     return total
 
 
+
+def _normalized(rule: CPUScheduleRule, func, target: tvm.target.Target):
+    """``(schedule, block infos)`` of a PrimFunc ``rule`` may schedule for ``target``, else None."""
+    if not isinstance(func, tirx.PrimFunc) or not rule.is_target_available(target):
+        return None
+    sch = s_tir.Schedule(func)
+    infos = normalize_prim_func(sch)
+    return None if infos is None else (sch, infos)
+
 class ScheduleBetweenConvs(CPUScheduleRule):
     """Fallback rule: inline the elementwise steps, then one parallel, vectorized loop nest per op.
 
@@ -75,12 +84,10 @@ class ScheduleBetweenConvs(CPUScheduleRule):
     """
 
     def apply(self, func: tirx.PrimFunc, target: tvm.target.Target, _tunable: bool):
-        if not isinstance(func, tirx.PrimFunc) or not self.is_target_available(target):
+        normalized = _normalized(self, func, target)
+        if normalized is None:
             return None
-        sch = s_tir.Schedule(func)
-        infos = normalize_prim_func(sch)
-        if infos is None:
-            return None
+        sch, infos = normalized
         pads = [info.block_rv for info in infos if _is_padding(sch, info.block_rv)]
         pad_names = {sch.get(pad).name_hint for pad in pads}
         rest = [info for info in infos if sch.get(info.block_rv).name_hint not in pad_names]
@@ -162,12 +169,10 @@ class ParallelizeSpatial(CPUScheduleRule):
     vectorized innermost spatial loop."""
 
     def apply(self, func: tirx.PrimFunc, target: tvm.target.Target, _tunable: bool):
-        if not isinstance(func, tirx.PrimFunc) or not self.is_target_available(target):
+        normalized = _normalized(self, func, target)
+        if normalized is None:
             return None
-        sch = s_tir.Schedule(func)
-        infos = normalize_prim_func(sch)
-        if infos is None:
-            return None
+        sch, infos = normalized
         for info in infos:
             loops = sch.get_loops(info.block_rv)
             kinds = info.dom_kind()
