@@ -51,3 +51,32 @@ def test_csr_recombine_matches_torch(epilogue, pixels, density, run_primfunc):
     np.testing.assert_allclose(out, expected.numpy(), rtol=1e-5, atol=1e-5)
     np.testing.assert_allclose(csr_recombine_reference(maps, coefs, epilogue, bias, residual), expected.numpy(),
                                rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("pixels", [1, 4, 16, 20, 33], ids=lambda p: f"P{p}")
+def test_narrow_blocks_split_rows_over_chains_exactly(pixels, run_primfunc):
+    """Blocks narrower than four vectors split each row over several partial sums; rows of every
+    length 0..13 cover each remainder of that split, in CSR and in ELL (padded, fully unrolled)."""
+    from penni_deploy.kernels.cpu.csr_recombine import chains_for, ell_arrays, ell_recombine_kernel
+
+    assert chains_for(min(pixels, 64), 16) == (4 if pixels <= 16 else 2 if pixels <= 32 else 1)
+    rng = np.random.default_rng(pixels)
+    n_maps, cout = 30, 14
+    dense = np.zeros((cout, n_maps), np.float32)
+    for row in range(cout):  # row `row` has exactly `row` nonzeros
+        dense[row, rng.choice(n_maps, row, replace=False)] = rng.standard_normal(row)
+    coefs = scipy.sparse.csr_matrix(dense)
+    maps = rng.standard_normal((2, n_maps, pixels)).astype(np.float32)
+    bias = rng.standard_normal(cout).astype(np.float32)
+    expected = np.einsum("om,nmp->nop", dense, maps) + bias[None, :, None]
+    epilogue = Epilogue(bias=True)
+
+    csr_func = csr_recombine_kernel(2, n_maps, pixels, cout, coefs.nnz, epilogue)
+    out = run_primfunc(csr_func, maps, coefs.indptr.astype(np.int32), coefs.indices.astype(np.int32),
+                       coefs.data.astype(np.float32), bias, np.full((2, cout, pixels), np.nan, np.float32))
+    np.testing.assert_allclose(out, expected, rtol=1e-5, atol=1e-5)
+
+    indices, data, width = ell_arrays(coefs)
+    ell_func = ell_recombine_kernel(2, n_maps, pixels, cout, width, epilogue)
+    out = run_primfunc(ell_func, maps, indices, data, bias, np.full((2, cout, pixels), np.nan, np.float32))
+    np.testing.assert_allclose(out, expected, rtol=1e-5, atol=1e-5)

@@ -77,25 +77,65 @@ def csr_recombine_kernel(batch: int, n_maps: int, pixels: int, out_channels: int
                 o = task % out_channels if order is None else order[task % out_channels]
 
                 def one_block(p0, size, n=n, o=o):
-                    _emit_row_block(M, Y, bias, residual, epilogue, n, o, p0, size,
-                                    T.serial(indptr[o], indptr[o + 1]), lambda j: (data[j], indices[j]))
+                    _emit_row_block(M, Y, bias, residual, epilogue, n, o, p0, size, indptr[o], indptr[o + 1],
+                                    lambda j: (data[j], indices[j]), lanes=lanes)
 
                 static_blocks(pixels, pixel_block, one_block)
     return ib.get()
 
 
-def _emit_row_block(M, Y, bias, residual, epilogue, n, o, p0, size, entries, entry) -> None:
-    """``Y[n, o, p0:p0+size] = epilogue(Σ_j coef_j · M[n, map_j, p0:p0+size])`` over the row's
-    ``entries`` loop, with ``entry(j) -> (coef, map index)``, accumulated in vector registers."""
-    acc = T.alloc_buffer((size,), F32, scope="local")
-    with T.vectorized(0, size) as v:
-        T.buffer_store(acc, T.float32(0), [v])
-    with entries as j:
+#: Independent vector accumulators a row needs so that FMA latency (4 cycles) does not bound it.
+_CHAINS = 4
+
+
+def chains_for(size: int, lanes: int) -> int:
+    """Accumulator chains per row for a pixel block of ``size``: a block of four or more vectors
+    already has four independent FMA chains; a narrower one (the 4×4 and 2×2 layers of a CIFAR
+    network) splits the row's nonzeros over several partial sums instead of waiting on one."""
+    vectors = -(-size // lanes)
+    return max(1, _CHAINS // vectors)
+
+
+def emit_sparse_row(size: int, start, end, entry, load, finish, *, lanes: int,
+                    static_count: int | None = None) -> None:
+    """One block of ``size`` pixels of one output row: ``finish(v, Σ_j coef_j · load(map_j, v))``
+    for ``j`` in ``[start, end)`` with ``entry(j) -> (coef, map index)``, the sum held in vector
+    registers. ``static_count`` (ELL: every row the same length) lets short rows unroll."""
+    chains = chains_for(size, lanes)
+    acc = T.alloc_buffer((chains, size), F32, scope="local")
+    for c in range(chains):
+        with T.vectorized(0, size) as v:
+            T.buffer_store(acc, T.float32(0), [c, v])
+
+    def accumulate(j, c):
         coef, m = entry(j)
         with T.vectorized(0, size) as v:
-            T.buffer_store(acc, acc[v] + coef * M[n, m, p0 + v], [v])
+            T.buffer_store(acc, acc[c, v] + coef * load(m, v), [c, v])
+
+    if static_count is not None and static_count <= 8:
+        for j in range(static_count):
+            accumulate(start + j, j % chains)
+    elif chains == 1:
+        with T.serial(start, end) as j:
+            accumulate(j, 0)
+    else:
+        rounds = (end - start) // chains
+        with T.serial(0, rounds) as r:
+            for c in range(chains):
+                accumulate(start + r * chains + c, c)
+        with T.serial(start + rounds * chains, end) as j:
+            accumulate(j, 0)
     with T.vectorized(0, size) as v:
-        T.buffer_store(Y, apply_epilogue(epilogue, acc[v], bias, residual, n, o, p0 + v), [n, o, p0 + v])
+        finish(v, _sum([acc[c, v] for c in range(chains)]))
+
+
+def _emit_row_block(M, Y, bias, residual, epilogue, n, o, p0, size, start, end, entry, *, lanes: int,
+                    static_count: int | None = None) -> None:
+    """``Y[n, o, p0:p0+size] = epilogue(Σ_j coef_j · M[n, map_j, p0:p0+size])``."""
+    emit_sparse_row(size, start, end, entry, lambda m, v: M[n, m, p0 + v],
+                    lambda v, total: T.buffer_store(
+                        Y, apply_epilogue(epilogue, total, bias, residual, n, o, p0 + v), [n, o, p0 + v]),
+                    lanes=lanes, static_count=static_count)
 
 
 def ell_arrays(csr: scipy.sparse.csr_matrix) -> tuple[np.ndarray, np.ndarray, int]:
@@ -132,9 +172,9 @@ def ell_recombine_kernel(batch: int, n_maps: int, pixels: int, out_channels: int
                 o = task % out_channels
 
                 def one_block(p0, size, n=n, o=o):
-                    loop = T.unroll if width <= 8 else T.serial
-                    _emit_row_block(M, Y, bias, residual, epilogue, n, o, p0, size, loop(0, width),
-                                    lambda j: (data[o * width + j], indices[o * width + j]))
+                    _emit_row_block(M, Y, bias, residual, epilogue, n, o, p0, size, 0, width,
+                                    lambda j: (data[o * width + j], indices[o * width + j]), lanes=lanes,
+                                    static_count=width)
 
                 static_blocks(pixels, pixel_block, one_block)
     return ib.get()

@@ -19,6 +19,7 @@ from ...plan.geometry import ConvGeometry
 from ..signatures import epilogue_args
 from ..tir_helpers import F32, I32, KERNEL_ATTRS, parallel_tasks, pick_block, static_blocks
 from .basis_rows import emit_channel_maps, emit_padded_copy, taps_shape
+from .csr_recombine import emit_sparse_row
 
 
 def fused_tile_rows(out_height: int, preferred: int) -> int:
@@ -80,15 +81,12 @@ def fused_penni_kernel(geom: ConvGeometry, n_maps: int, n_channels: int, out_cha
                 with T.serial(0, out_channels) as o:
 
                     def one_block(p0, size, o=o):
-                        acc = T.alloc_buffer((size,), F32, scope="local")
-                        with T.vectorized(0, size) as v:
-                            T.buffer_store(acc, T.float32(0), [v])
-                        with T.serial(indptr[o], indptr[o + 1]) as j:
-                            with T.vectorized(0, size) as v:
-                                T.buffer_store(acc, acc[v] + data[j] * maps[indices[j], p0 + v], [v])
-                        with T.vectorized(0, size) as v:
+                        def finish(v, total, p0=p0):
                             p = y0 * wo + p0 + v
-                            T.buffer_store(Y, apply_epilogue(epilogue, acc[v], bias, residual, n, o, p), [n, o, p])
+                            T.buffer_store(Y, apply_epilogue(epilogue, total, bias, residual, n, o, p), [n, o, p])
+
+                        emit_sparse_row(size, indptr[o], indptr[o + 1], lambda j: (data[j], indices[j]),
+                                        lambda m, v, p0=p0: maps[m, p0 + v], finish, lanes=lanes)
 
                     static_blocks(tile_pixels, pixel_block, one_block)
 
