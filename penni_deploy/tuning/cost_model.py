@@ -19,6 +19,7 @@ import math
 from dataclasses import dataclass
 
 from ..kernels.config import KernelConfig
+from ..kernels.cpu.basis_narrow import is_narrow
 from ..plan.layers import ConvChain, PenniLayerPlan, dense_as_penni, plan_penni_layer
 
 #: Map bytes that stay cheap to write and re-read (roughly a core's L2).
@@ -83,7 +84,10 @@ def estimate(plan: PenniLayerPlan, cfg: KernelConfig, m: Machine) -> float:
         return (_parallel(mix, n * cf.n_rows, m.threads) + _parallel(n * conv + _traffic(cf.n_rows, p_in, n, m),
                                                                         n * cout, m.threads) + 2 * _LAUNCH)
     maps = plan.n_maps * k2 * _vectors(p_out, m.lanes)
-    pad = len(plan.channels) * g.window_height * _vectors(g.window_width, m.lanes)
+    if is_narrow(g, m.lanes):  # one flat copy per channel, no padded rows (kernels/cpu/basis_narrow.py)
+        pad = len(plan.channels) * _vectors(p_in, m.lanes)
+    else:
+        pad = len(plan.channels) * g.window_height * _vectors(g.window_width, m.lanes)
     recombine = _recombine(csr.nnz, cout, width, p_out, cfg, m)
     if cfg.fused:
         rows = _fused_rows(g.out_height, cfg.tile_rows)

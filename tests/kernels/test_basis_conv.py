@@ -3,7 +3,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from penni_deploy.kernels.cpu import basis_conv_kernel
+from penni_deploy.kernels.cpu import basis_conv_kernel, basis_narrow_kernel
+from penni_deploy.kernels.cpu.basis_narrow import is_narrow
 from penni_deploy.plan.geometry import ConvGeometry, group_maps_by_channel
 from penni_deploy.kernels.reference import basis_conv_reference
 
@@ -15,12 +16,32 @@ CASES = {
     "5x5-stride2-odd": dict(h=15, w=17, k=5, stride=(2, 2), pad=(2, 2, 2, 2), dil=(1, 1)),
     "asym-pad": dict(h=8, w=8, k=3, stride=(2, 1), pad=(0, 1, 1, 0), dil=(1, 1)),
     "wide-70": dict(h=3, w=70, k=3, stride=(1, 1), pad=(1, 1, 1, 1), dil=(1, 1)),
+    # narrow images (basis_narrow_kernel applies too)
+    "2x2": dict(h=2, w=2, k=3, stride=(1, 1), pad=(1, 1, 1, 1), dil=(1, 1)),
+    "4x4": dict(h=4, w=4, k=3, stride=(1, 1), pad=(1, 1, 1, 1), dil=(1, 1)),
+    "8x8-dilation2": dict(h=8, w=8, k=3, stride=(1, 1), pad=(2, 2, 2, 2), dil=(2, 2)),
+    "5x3-asym-rows": dict(h=5, w=3, k=3, stride=(1, 1), pad=(0, 1, 2, 1), dil=(1, 1)),
+    "1x1-5x5": dict(h=1, w=1, k=5, stride=(1, 1), pad=(2, 2, 2, 2), dil=(1, 1)),
+    "7x9-tail": dict(h=7, w=9, k=3, stride=(1, 1), pad=(1, 1, 1, 1), dil=(1, 1)),
 }
+NARROW = ["2x2", "4x4", "8x8-dilation2", "5x3-asym-rows", "1x1-5x5", "7x9-tail"]
 
 
-@pytest.mark.parametrize("case", CASES.values(), ids=CASES.keys())
+def _kernels(name):
+    """(id, generator) pairs that apply to CASES[name]."""
+    kernels = [("generic", lambda g, n, c: basis_conv_kernel(g, n, c))]
+    if name in NARROW:
+        kernels += [(f"narrow-{lanes}", lambda g, n, c, lanes=lanes: basis_narrow_kernel(g, n, c, lanes=lanes, threads=2))
+                    for lanes in (16, 8) if CASES[name]["h"] * CASES[name]["w"] <= 4 * lanes]
+    return kernels
+
+
+@pytest.mark.parametrize("name,kernel", [(name, kernel) for name in CASES for kernel in _kernels(name)],
+                         ids=[f"{name}-{kid}" for name in CASES for kid, _ in _kernels(name)])
 @pytest.mark.parametrize("batch", [1, 3])
-def test_basis_conv_matches_torch(case, batch, run_primfunc):
+def test_basis_conv_matches_torch(name, kernel, batch, run_primfunc):
+    case = CASES[name]
+    generate = kernel[1]
     rng = np.random.default_rng(0)
     cin, d, k = 6, 5, case["k"]
     geom = ConvGeometry(batch, cin, case["h"], case["w"], k, k, case["stride"], case["pad"], case["dil"])
@@ -33,7 +54,7 @@ def test_basis_conv_matches_torch(case, batch, run_primfunc):
     channels, map_ptr = group_maps_by_channel(map_channels)
     x = rng.standard_normal((batch, cin, case["h"], case["w"])).astype(np.float32)
 
-    func = basis_conv_kernel(geom, len(keep), len(channels))
+    func = generate(geom, len(keep), len(channels))
     out = run_primfunc(func, x, channels, map_ptr, weights, np.zeros((batch, len(keep), geom.out_height * geom.out_width), np.float32))
 
     # Torch: grouped conv with groups=Cin over all d bases, then pick the kept maps.
@@ -49,3 +70,15 @@ def test_basis_conv_matches_torch(case, batch, run_primfunc):
 def test_group_maps_rejects_unsorted():
     with pytest.raises(ValueError, match="sorted"):
         group_maps_by_channel(np.array([1, 0]))
+
+
+def test_narrow_applies_only_where_a_tap_is_a_shift():
+    def geom(h, w, stride=(1, 1), pad=(1, 1, 1, 1)):
+        return ConvGeometry(1, 8, h, w, 3, 3, stride, pad)
+
+    assert is_narrow(geom(4, 4), 16) and is_narrow(geom(8, 8), 16)
+    assert not is_narrow(geom(8, 8), 8)  # 64 pixels are 8 AVX2 vectors
+    assert not is_narrow(geom(4, 4, stride=(2, 2)), 16)
+    assert not is_narrow(geom(4, 4, pad=(0, 0, 0, 0)), 16)  # output narrower than the input
+    with pytest.raises(ValueError, match="narrow"):
+        basis_narrow_kernel(geom(32, 32), 8, 8)

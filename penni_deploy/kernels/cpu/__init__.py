@@ -8,6 +8,7 @@ from ..config import DEFAULT_CONFIG, KernelConfig
 from ...plan.epilogue import Epilogue
 from ..library import KernelLibrary, KernelStep
 from .basis_conv import basis_conv_kernel
+from .basis_narrow import basis_narrow_kernel, is_narrow
 from .basis_sum_conv import basis_sum_conv_kernel
 from .csr_recombine import (
     csr_recombine_kernel,
@@ -40,9 +41,13 @@ class CpuKernels(KernelLibrary):
         self.threads = threads
 
     def basis_conv(self, plan):
+        return self._basis_kernel(plan), [plan.channels, plan.map_ptr, plan.map_weights]
+
+    def _basis_kernel(self, plan):
+        """Stage 1 alone: the narrow-image kernel where it applies (tiny CIFAR stages), else the generic one."""
         g = plan.chain.geometry
-        kernel = basis_conv_kernel(g, plan.n_maps, len(plan.channels), lanes=self.lanes, threads=self.threads)
-        return kernel, [plan.channels, plan.map_ptr, plan.map_weights]
+        generate = basis_narrow_kernel if is_narrow(g, self.lanes) else basis_conv_kernel
+        return generate(g, plan.n_maps, len(plan.channels), lanes=self.lanes, threads=self.threads)
 
     def csr_recombine(self, plan):
         chain = plan.chain
@@ -96,7 +101,7 @@ class CpuKernels(KernelLibrary):
                                         tile_rows=config.tile_rows, threads=self.threads)
             return [KernelStep(kernel, "penni_fused_layer", basis_constants + csr_arrays, out_shape,
                                takes_epilogue=True)]
-        basis = basis_conv_kernel(g, plan.n_maps, len(plan.channels), lanes=self.lanes, threads=self.threads)
+        basis = self._basis_kernel(plan)
         maps_shape = (g.batch, plan.n_maps, chain.pixels)
         return [KernelStep(basis, "penni_basis_conv", basis_constants, maps_shape),
                 self._recombine(csr, g.batch, plan.n_maps, chain.pixels, chain.epilogue, config,
@@ -129,6 +134,7 @@ __all__ = [
     "MAX_UNROLLED_NNZ",
     "CpuKernels",
     "basis_conv_kernel",
+    "basis_narrow_kernel",
     "csr_recombine_kernel",
     "gemm_conv_kernel",
 ]

@@ -38,14 +38,7 @@ def emit_channel_maps(padded, taps, weights, geom: ConvGeometry, rows: int, firs
     n_taps = g.kernel_h * g.kernel_w
 
     def maps_from(held, size, pixel):
-        with T.serial(first_map, end_map) as m:
-            with T.vectorized(0, size) as v:
-                acc = None
-                for ky in range(g.kernel_h):
-                    for kx in range(g.kernel_w):
-                        term = held[ky * g.kernel_w + kx, v] * weights[m, ky, kx]
-                        acc = term if acc is None else acc + term
-                store(m, pixel + v, acc)
+        emit_maps_from_taps(held, weights, geom, first_map, end_map, size, pixel, store)
 
     if wo >= lanes:
         with T.serial(0, rows) as y:
@@ -77,6 +70,21 @@ def emit_channel_maps(padded, taps, weights, geom: ConvGeometry, rows: int, firs
         maps_from(held, size, p0)
 
     static_blocks(pixels, min(pixels, lanes), pixel_block)
+
+
+def emit_maps_from_taps(held, weights, geom: ConvGeometry, first_map, end_map, size: int, pixel,
+                        store: Callable[[object, object, object], None]) -> None:
+    """Maps ``first_map..end_map`` of one vector of ``size`` pixels from its taps ``held``
+    (``kh·kw × size``, in registers): ``kh·kw`` FMAs with broadcast weights per map."""
+    g = geom
+    with T.serial(first_map, end_map) as m:
+        with T.vectorized(0, size) as v:
+            acc = None
+            for ky in range(g.kernel_h):
+                for kx in range(g.kernel_w):
+                    term = held[ky * g.kernel_w + kx, v] * weights[m, ky, kx]
+                    acc = term if acc is None else acc + term
+            store(m, pixel + v, acc)
 
 
 def emit_padded_copy(padded, read, geom: ConvGeometry, first_row, rows: int, *, static_rows: bool) -> None:
