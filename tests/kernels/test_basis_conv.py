@@ -23,8 +23,18 @@ CASES = {
     "5x3-asym-rows": dict(h=5, w=3, k=3, stride=(1, 1), pad=(0, 1, 2, 1), dil=(1, 1)),
     "1x1-5x5": dict(h=1, w=1, k=5, stride=(1, 1), pad=(2, 2, 2, 2), dil=(1, 1)),
     "7x9-tail": dict(h=7, w=9, k=3, stride=(1, 1), pad=(1, 1, 1, 1), dil=(1, 1)),
+    "8x8-stride2": dict(h=8, w=8, k=3, stride=(2, 2), pad=(1, 1, 1, 1), dil=(1, 1)),
+    "7x7-stride2-odd": dict(h=7, w=7, k=3, stride=(2, 2), pad=(1, 1, 1, 1), dil=(1, 1)),
+    "stride2-extra-rows": dict(h=9, w=8, k=3, stride=(2, 2), pad=(0, 1, 0, 1), dil=(1, 1)),
+    "6x6-stride3": dict(h=6, w=6, k=3, stride=(3, 3), pad=(1, 1, 1, 1), dil=(1, 1)),
 }
-NARROW = ["2x2", "4x4", "8x8-dilation2", "5x3-asym-rows", "1x1-5x5", "7x9-tail"]
+NARROW = ["2x2", "4x4", "8x8-dilation2", "5x3-asym-rows", "1x1-5x5", "7x9-tail", "8x8-stride2", "7x7-stride2-odd",
+          "6x6-stride3", "stride2-extra-rows", "stride2"]
+
+
+def _out_pixels(case):
+    g = ConvGeometry(1, 1, case["h"], case["w"], case["k"], case["k"], case["stride"], case["pad"], case["dil"])
+    return g.out_height * g.out_width
 
 
 def _kernels(name):
@@ -32,7 +42,7 @@ def _kernels(name):
     kernels = [("generic", lambda g, n, c: basis_conv_kernel(g, n, c))]
     if name in NARROW:
         kernels += [(f"narrow-{lanes}", lambda g, n, c, lanes=lanes: basis_narrow_kernel(g, n, c, lanes=lanes, threads=2))
-                    for lanes in (16, 8) if CASES[name]["h"] * CASES[name]["w"] <= 4 * lanes]
+                    for lanes in (16, 8) if _out_pixels(CASES[name]) <= 4 * lanes]
     return kernels
 
 
@@ -72,13 +82,16 @@ def test_group_maps_rejects_unsorted():
         group_maps_by_channel(np.array([1, 0]))
 
 
-def test_narrow_applies_only_where_a_tap_is_a_shift():
+def test_narrow_applies_to_small_outputs():
     def geom(h, w, stride=(1, 1), pad=(1, 1, 1, 1)):
         return ConvGeometry(1, 8, h, w, 3, 3, stride, pad)
 
     assert is_narrow(geom(4, 4), 16) and is_narrow(geom(8, 8), 16)
     assert not is_narrow(geom(8, 8), 8)  # 64 pixels are 8 AVX2 vectors
-    assert not is_narrow(geom(4, 4, stride=(2, 2)), 16)
-    assert not is_narrow(geom(4, 4, pad=(0, 0, 0, 0)), 16)  # output narrower than the input
+    assert is_narrow(geom(16, 16, stride=(2, 2)), 16)  # 8×8 out
+    assert not is_narrow(geom(16, 16), 16)
+    for name, case in CASES.items():  # the cases the test runs on each kernel are the ones it applies to
+        g = ConvGeometry(1, 1, case["h"], case["w"], case["k"], case["k"], case["stride"], case["pad"], case["dil"])
+        assert is_narrow(g, 16) == (name in NARROW), name
     with pytest.raises(ValueError, match="narrow"):
         basis_narrow_kernel(geom(32, 32), 8, 8)

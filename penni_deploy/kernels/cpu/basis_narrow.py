@@ -1,15 +1,22 @@
-"""The basis convolution of a narrow image (the 8×8, 4×4 and 2×2 layers of a CIFAR network).
+"""The basis convolution of a narrow image (the 8×8, 4×4 and 2×2 layers of a CIFAR network, the
+7×7 stage of an ImageNet one).
 
 With only a few vectors of output pixels per channel, the generic kernel's per-channel set-up (a
 zero-padded 2-D copy, then the taps laid out row by row in 4- or 8-wide pieces) costs several
-times its FMAs. Here, for stride 1 and an output as wide as the input, each tap of the flattened
-channel is the flattened channel itself shifted by a constant, ``p + (ky·dh - top)·W + kx·dw - left``:
-the channel is copied once, flat, into a buffer with a border, and each tap is one unaligned
-vector load with a constant lane mask (the pixels whose source falls outside the image). Tasks
-take a run of channels each, so the scratch and its border are set up once per task.
+times its FMAs. Here each channel is first split into its stride phases: plane ``(a, b)`` holds
+``X[s·y + a, s·x + b]`` in rows ``Wo`` wide (flattened). Tap ``(ky, kx)`` reads input
+``(s·y + ky·dh - top, s·x + kx·dw - left)``; writing ``ky·dh - top = s·qy + a`` (floor division)
+makes it plane ``(a, b)`` at output position ``(y + qy, x + qx)``: the flattened plane shifted by
+the constant ``qy·Wo + qx``. So every tap is one unaligned vector load with a constant lane mask
+(the pixels whose source is padding). With stride 1 and an output as wide as the input, the one
+plane is the channel itself and filling it is a single contiguous copy.
+
+Tasks take a run of channels each, so the scratch is set up once per task.
 """
 
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 from tvm import tirx
 from tvm.script.ir_builder import IRBuilder
@@ -24,17 +31,40 @@ NARROW_VECTORS = 4
 
 
 def is_narrow(geom: ConvGeometry, lanes: int) -> bool:
-    """Whether ``basis_narrow_kernel`` applies: stride 1, output as wide as the input (so a tap is
-    a constant shift of the flattened channel), and at most ``NARROW_VECTORS`` vectors of pixels."""
+    """Whether ``basis_narrow_kernel`` is used: at most ``NARROW_VECTORS`` vectors of output pixels,
+    and each column phase of the input fits the output's width (a plane's rows must be ``Wo``
+    wide for a tap to be a shift; a layer without padding, whose output is narrower than its
+    input, is not)."""
     g = geom
-    return (g.stride == (1, 1) and g.out_width == g.width
-            and g.out_height * g.out_width <= NARROW_VECTORS * lanes)
+    if g.out_height * g.out_width > NARROW_VECTORS * lanes:
+        return False
+    _, planes = _taps(g)
+    return all(-(-(g.width - b) // g.stride[1]) <= g.out_width for _, b in planes)
 
 
-def _tap_shifts(g: ConvGeometry) -> list[int]:
+@dataclass(frozen=True)
+class _Tap:
+    plane: int  # index into the used phase planes
+    row_phase: int
+    col_phase: int
+    dy: int  # shift on the output grid
+    dx: int
+
+
+def _taps(g: ConvGeometry) -> tuple[list[_Tap], list[tuple[int, int]]]:
+    """Each tap's phase plane and shift, and the (row, column) phases of the planes used."""
+    (sh, sw), (dh, dw) = g.stride, g.dilation
     top, left = g.padding[0], g.padding[1]
-    dh, dw = g.dilation
-    return [(ky * dh - top) * g.width + kx * dw - left for ky in range(g.kernel_h) for kx in range(g.kernel_w)]
+    planes: list[tuple[int, int]] = []
+    taps = []
+    for ky in range(g.kernel_h):
+        dy, a = divmod(ky * dh - top, sh)
+        for kx in range(g.kernel_w):
+            dx, b = divmod(kx * dw - left, sw)
+            if (a, b) not in planes:
+                planes.append((a, b))
+            taps.append(_Tap(planes.index((a, b)), a, b, dy, dx))
+    return taps, planes
 
 
 def basis_narrow_kernel(geom: ConvGeometry, n_maps: int, n_channels: int, *, lanes: int = 16,
@@ -45,14 +75,18 @@ def basis_narrow_kernel(geom: ConvGeometry, n_maps: int, n_channels: int, *, lan
     if not is_narrow(g, lanes):
         raise ValueError(f"not a narrow image for this kernel: {g}")
     ho, wo = g.out_height, g.out_width
-    plane, pixels = g.height * g.width, ho * wo
-    shifts = _tap_shifts(g)
-    front = max(0, -min(shifts))  # border before the channel, so every shifted load stays in the buffer
-    length = front + max(plane, pixels + max(shifts))
+    sh, sw = g.stride
+    plane_size, pixels = g.height * g.width, ho * wo
+    taps, planes = _taps(g)
+    plane_rows = max(-(-(g.height - a) // sh) for a, _ in planes)  # input rows of a phase, may exceed Ho
+    plane_len = plane_rows * wo
+    shifts = [t.plane * plane_len + t.dy * wo + t.dx for t in taps]
+    front = max(0, -min(shifts))  # border before the planes, so every shifted load stays in the buffer
+    length = front + max(len(planes) * plane_len, pixels + max(shifts))
+    # stride 1, output as wide as the input: the one plane is the channel itself
+    contiguous = (sh, sw) == (1, 1) and wo == g.width
     tasks_per_image = min(n_channels, max(8, 4 * threads))
     per_task = -(-n_channels // tasks_per_image)
-    top, left = g.padding[0], g.padding[1]
-    dh, dw = g.dilation
 
     with IRBuilder() as ib:
         with T.prim_func():
@@ -63,10 +97,25 @@ def basis_narrow_kernel(geom: ConvGeometry, n_maps: int, n_channels: int, *, lan
             map_ptr = T.arg("map_ptr", T.Buffer((n_channels + 1,), I32))
             weights = T.arg("weights", T.Buffer((n_maps, g.kernel_h, g.kernel_w), F32))
             M = T.arg("M", T.Buffer((g.batch, n_maps, pixels), F32))
-            flat_x = T.decl_buffer((g.batch, g.in_channels * plane), F32, data=X.data)
+            flat_x = T.decl_buffer((g.batch, g.in_channels * plane_size), F32, data=X.data)
 
             def scratch():
                 return (T.alloc_buffer((length,), F32),)
+
+            def fill_planes(flat, n, i):
+                if contiguous:
+                    with T.vectorized(0, plane_size) as q:
+                        T.buffer_store(flat, flat_x[n, i * plane_size + q], [front + q])
+                    return
+                # one strided row copy per plane row; the positions past the input's edge are
+                # never written (the tap masks never select them)
+                for k, (a, b) in enumerate(planes):
+                    columns = -(-(g.width - b) // sw)
+                    for row in range(plane_rows):
+                        sy = row * sh + a
+                        if sy < g.height:
+                            with T.vectorized(0, columns) as x:
+                                T.buffer_store(flat, X[n, i, sy, x * sw + b], [front + k * plane_len + row * wo + x])
 
             def run(task, flat):
                 n = task // tasks_per_image
@@ -79,18 +128,17 @@ def basis_narrow_kernel(geom: ConvGeometry, n_maps: int, n_channels: int, *, lan
                 # loop's map indices came out relative to its own start)
                 with T.serial(0, T.min(per_task, n_channels - first)) as k:
                     c = first + k
-                    i = channels[c]
-                    with T.vectorized(0, plane) as q:
-                        T.buffer_store(flat, flat_x[n, i * plane + q], [front + q])
+                    fill_planes(flat, n, channels[c])
                     for p0 in range(0, pixels, lanes):
                         size = min(lanes, pixels - p0)
-                        held = T.alloc_buffer((len(shifts), size), F32, scope="local")
-                        for t, shift in enumerate(shifts):
-                            ky, kx = divmod(t, g.kernel_w)
+                        held = T.alloc_buffer((len(taps), size), F32, scope="local")
+                        for t, (tap, shift) in enumerate(zip(taps, shifts)):
                             with T.vectorized(0, size) as v:
-                                y, x = (p0 + v) // wo, (p0 + v) % wo
-                                sy, sx = y + ky * dh - top, x + kx * dw - left
-                                inside = tirx.all(sy >= 0, sy < g.height, sx >= 0, sx < g.width)
+                                # source, on the plane's grid, of output pixel p0 + v
+                                py, px = (p0 + v) // wo + tap.dy, (p0 + v) % wo + tap.dx
+                                inside = tirx.all(py >= 0, py < plane_rows, px >= 0, px < wo,
+                                                  py * sh + tap.row_phase < g.height,
+                                                  px * sw + tap.col_phase < g.width)
                                 T.buffer_store(held, T.Select(inside, flat[front + p0 + v + shift], T.float32(0)),
                                                [t, v])
                         emit_maps_from_taps(held, weights, g, map_ptr[c], map_ptr[c + 1], size, p0,
