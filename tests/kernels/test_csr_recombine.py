@@ -71,10 +71,12 @@ def test_narrow_blocks_split_rows_over_chains_exactly(pixels, run_primfunc):
     expected = np.einsum("om,nmp->nop", dense, maps) + bias[None, :, None]
     epilogue = Epilogue(bias=True)
 
-    csr_func = csr_recombine_kernel(2, n_maps, pixels, cout, coefs.nnz, epilogue)
-    out = run_primfunc(csr_func, maps, coefs.indptr.astype(np.int32), coefs.indices.astype(np.int32),
-                       coefs.data.astype(np.float32), bias, np.full((2, cout, pixels), np.nan, np.float32))
-    np.testing.assert_allclose(out, expected, rtol=1e-5, atol=1e-5)
+    for offsets in (False, True):  # map indices, or offsets premultiplied by the pixels
+        csr_func = csr_recombine_kernel(2, n_maps, pixels, cout, coefs.nnz, epilogue, offsets=offsets)
+        indices = coefs.indices.astype(np.int32) * (pixels if offsets else 1)
+        out = run_primfunc(csr_func, maps, coefs.indptr.astype(np.int32), indices,
+                           coefs.data.astype(np.float32), bias, np.full((2, cout, pixels), np.nan, np.float32))
+        np.testing.assert_allclose(out, expected, rtol=1e-5, atol=1e-5)
 
     indices, data, width = ell_arrays(coefs)
     ell_func = ell_recombine_kernel(2, n_maps, pixels, cout, width, epilogue)

@@ -122,11 +122,14 @@ class CpuKernels(KernelLibrary):
             kernel = ell_recombine_kernel(batch, n_inputs, pixels, rows, width, epilogue, lanes=self.lanes,
                                           block=config.block)
             return KernelStep(kernel, name, [indices, data], out_shape, takes_epilogue=takes_epilogue)
-        arrays = [csr.indptr.astype(np.int32), csr.indices.astype(np.int32), csr.data.astype(np.float32)]
+        # indices as element offsets into an image's input (see csr_recombine_kernel's `offsets`)
+        offsets = n_inputs * pixels < 2**31
+        indices = csr.indices.astype(np.int64) * (pixels if offsets else 1)
+        arrays = [csr.indptr.astype(np.int32), indices.astype(np.int32), csr.data.astype(np.float32)]
         if config.balance:
             arrays.append(np.argsort(-np.diff(csr.indptr), kind="stable").astype(np.int32))
         kernel = csr_recombine_kernel(batch, n_inputs, pixels, rows, max(csr.nnz, 1), epilogue, lanes=self.lanes,
-                                      block=config.block, balanced=config.balance)
+                                      block=config.block, balanced=config.balance, offsets=offsets)
         return KernelStep(kernel, name, arrays, out_shape, takes_epilogue=takes_epilogue)
 
 
