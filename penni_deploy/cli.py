@@ -264,9 +264,11 @@ def profile(
                                                         "cores).")] = None,
     json_out: Annotated[Optional[Path], typer.Option("--json", help="Also write the report as JSON.")] = None,
     peak_size: Annotated[int, typer.Option(help="Matrix size of the fp32 matmul that measures the peak.")] = 2048,
+    bandwidth_mb: Annotated[int, typer.Option(help="MiB read to measure the memory bandwidth.")] = 256,
 ) -> None:
     """Time each kernel of ARTIFACT: per layer and per op between the layers, with MACs, GMAC/s and the
-    share of the total, against this machine's measured fp32 matmul peak; slowest first."""
+    share of the total, against this machine's measured fp32 matmul peak, and for layers with large
+    weights their GB/s against its measured memory bandwidth; slowest first."""
     import numpy as np
 
     from .artifact.profile import format_profile_table, profile_artifact
@@ -277,7 +279,10 @@ def profile(
             x = np.load(input, allow_pickle=False)
         except (OSError, ValueError) as exc:
             raise InputSpecError(f"cannot read {input} as a .npy array: {exc}") from None
-    report = profile_artifact(str(artifact), x, repeat=repeat, threads=threads, peak_size=peak_size)
+    if bandwidth_mb < 1:
+        raise InputSpecError(f"--bandwidth-mb must be at least 1, not {bandwidth_mb}")
+    report = profile_artifact(str(artifact), x, repeat=repeat, threads=threads, peak_size=peak_size,
+                              bandwidth_mb=bandwidth_mb)
     typer.echo(format_profile_table(report))
     if json_out:
         tmp = json_out.with_name(json_out.name + ".partial")

@@ -25,13 +25,13 @@ from collections import defaultdict
 
 import numpy as np
 
-from ..bench.roofline import matmul_peak
+from ..bench.roofline import matmul_peak, memory_bandwidth
 from ..errors import ArtifactError, InputSpecError
 from .runtime import CompiledModel, load
 
 
 def profile_artifact(path: str, x: np.ndarray | None = None, *, repeat: int = 50, threads: int | None = None,
-                     peak_size: int = 2048) -> dict:
+                     peak_size: int = 2048, bandwidth_mb: int = 256) -> dict:
     """Time every kernel call of the artifact at ``path`` on input ``x``.
 
     Parameters
@@ -47,6 +47,8 @@ def profile_artifact(path: str, x: np.ndarray | None = None, *, repeat: int = 50
         TVM threads (and the matmul peak's); the runtime's default (every usable core) when omitted.
     peak_size : int
         Matrix size of the peak measurement.
+    bandwidth_mb : int
+        Size of the array whose read measures the memory bandwidth.
 
     Returns
     -------
@@ -83,12 +85,13 @@ def profile_artifact(path: str, x: np.ndarray | None = None, *, repeat: int = 50
                         "alone_ms": float(np.median(evaluator(*args).results)) * 1e3})
     model_ms = _model_median_ms(model, x, repeat)
     peak = matmul_peak(threads, n=peak_size)
+    bandwidth = memory_bandwidth(threads, bandwidth_mb)
     batch = model.input_shape[0]
-    rows = _rows(kernels, model.manifest.layers, batch, peak["gmacs"])
+    rows = _rows(kernels, model.manifest.layers, batch, peak["gmacs"], bandwidth["gbps"])
     total = sum(k["median_ms"] for k in kernels)
     return {"kernels_alone_ms": sum(k["alone_ms"] for k in kernels), "artifact": path,
             "input_shape": list(model.input_shape), "threads": threads, "repeat": repeat,
-            "model_median_ms": model_ms, "kernels_ms": total, "peak": peak, "rows": rows,
+            "model_median_ms": model_ms, "kernels_ms": total, "peak": peak, "bandwidth": bandwidth, "rows": rows,
             "by_op": _by_op(rows, total), "kernels": kernels}
 
 
@@ -153,8 +156,12 @@ def layer_label(layer: dict) -> str:
     return f"#{layer['index']} {layer['kind']} {c}×{h}×{w}→{layer['output'][1]} {layer['kernel'][0]}/{layer['stride'][0]}"
 
 
-def _rows(kernels: list[dict], layers: list[dict], batch: int, peak_gmacs: float) -> list[dict]:
-    """One row per conv layer (its kernels summed) and per kernel between the layers (its calls summed)."""
+def _rows(kernels: list[dict], layers: list[dict], batch: int, peak_gmacs: float, bandwidth_gbps: float) -> list[dict]:
+    """One row per conv layer (its kernels summed) and per kernel between the layers (its calls summed).
+
+    ``weight_gbps`` is the row's constant bytes (weights, coefficients) over its time: against the
+    memory bandwidth it says how close a weight-bound kernel is to its limit (``None`` for rows
+    with under 1 MiB of weights, which stay in cache between runs, or a kernel table without them)."""
     groups: dict[tuple, list[dict]] = defaultdict(list)
     for k in kernels:
         groups[("layer", k["layer"]) if k["layer"] is not None else ("kernel", k["kernel"])].append(k)
@@ -171,10 +178,15 @@ def _rows(kernels: list[dict], layers: list[dict], batch: int, peak_gmacs: float
             name, op = key, members[0]["op"]
             macs = sum(macs_each) if all(m is not None for m in macs_each) else None
         gmacs = macs / (ms * 1e6) if macs is not None and ms > 0 else None
+        sizes = [k.get("weight_bytes") for k in members]
+        weight_bytes = sum(sizes) if all(size is not None for size in sizes) else None
+        weight_gbps = weight_bytes / (ms * 1e6) if weight_bytes and weight_bytes >= 1 << 20 and ms > 0 else None
         rows.append({"name": name, "op": op, "layer": key if kind == "layer" else None,
                      "kernels": sorted({k["kernel"] for k in members}), "calls": len(members), "median_ms": ms, "alone_ms": alone_ms,
                      "share": ms / total, "macs": macs, "gmacs": gmacs,
-                     "peak_fraction": gmacs / peak_gmacs if gmacs is not None else None})
+                     "peak_fraction": gmacs / peak_gmacs if gmacs is not None else None,
+                     "weight_bytes": weight_bytes, "weight_gbps": weight_gbps,
+                     "bandwidth_fraction": weight_gbps / bandwidth_gbps if weight_gbps is not None else None})
     return sorted(rows, key=lambda r: -r["median_ms"])
 
 
@@ -198,17 +210,24 @@ def format_profile_table(report: dict) -> str:
         f"it; the rest: VM builtins, instrument), {report['kernels_alone_ms']:.3f} ms alone",
         f"fp32 peak {peak['gmacs']:.1f} GMAC/s = {peak['peak_gflops']:.1f} GFLOP/s ({peak['library']} matmul "
         f"{peak['n']}², {peak['threads']} threads{'' if peak['threads_set'] else ', BLAS default threads'})",
-        "",
     ]
+    if report.get("bandwidth"):
+        bw = report["bandwidth"]
+        lines.append(f"memory bandwidth {bw['gbps']:.1f} GB/s (read of {bw['megabytes']:.0f} MiB, {bw['threads']} threads); "
+                     "'GB/s': a layer's weights over its time, where they exceed 1 MiB")
+    lines.append("")
     header = f"{'layer / kernel':<40} {'op':<20} {'calls':>5} {'ms':>9} {'share':>6} {'alone':>8} {'MACs':>13} " \
-             f"{'GMAC/s':>7} {'% peak':>6}"
+             f"{'GMAC/s':>7} {'% peak':>6} {'GB/s':>6} {'% bw':>5}"
     lines += [header, "-" * len(header)]
     for row in report["rows"]:
         macs = f"{row['macs']:,}" if row["macs"] is not None else "-"
         gmacs = f"{row['gmacs']:.1f}" if row["gmacs"] is not None else "-"
         peak_pct = f"{row['peak_fraction']:.0%}" if row["peak_fraction"] is not None else "-"
+        gbps = f"{row['weight_gbps']:.1f}" if row.get("weight_gbps") is not None else "-"
+        bw_pct = f"{row['bandwidth_fraction']:.0%}" if row.get("bandwidth_fraction") is not None else "-"
         lines.append(f"{row['name'][:40]:<40} {row['op'][:20]:<20} {row['calls']:>5} {row['median_ms']:>9.4f} "
-                     f"{row['share']:>6.1%} {row['alone_ms']:>8.4f} {macs:>13} {gmacs:>7} {peak_pct:>6}")
+                     f"{row['share']:>6.1%} {row['alone_ms']:>8.4f} {macs:>13} {gmacs:>7} {peak_pct:>6} {gbps:>6} "
+                     f"{bw_pct:>5}")
     lines.append("")
     lines.append("by op: " + ", ".join(f"{op} {share:.1%}" for op, share in report["by_op"].items()))
     return "\n".join(lines)

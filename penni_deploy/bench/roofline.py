@@ -92,6 +92,41 @@ def matmul_peak(threads: int, n: int = 2048, repeat: int = 10, library: str = "n
             "library": library, "threads_set": threads_set}
 
 
+def memory_bandwidth(threads: int, megabytes: int = 256, repeat: int = 5) -> dict:
+    """The machine's read bandwidth at ``threads``: the best time of ``threads`` NumPy threads each
+    summing its share of one ``megabytes`` array (far larger than any cache; NumPy's reduction loop
+    releases the GIL). A kernel that streams its weights once per run (a Linear at batch 1) is
+    bound by this, not by the FMA peak.
+
+    Returns
+    -------
+    dict
+        ``gbps`` (10^9 bytes per second), ``megabytes``, ``best_ms`` and ``threads``.
+    """
+    import threading
+
+    import numpy as np
+
+    data = np.ones(max(1, megabytes) * (1 << 20) // 4, np.float32)
+    chunks = np.array_split(data, max(1, threads))
+
+    def read_all():
+        workers = [threading.Thread(target=np.add.reduce, args=(chunk,)) for chunk in chunks]
+        for worker in workers:
+            worker.start()
+        for worker in workers:
+            worker.join()
+
+    read_all()
+    best = float("inf")
+    for _ in range(repeat):
+        start = time.perf_counter()
+        read_all()
+        best = min(best, time.perf_counter() - start)
+    return {"gbps": data.nbytes / best / 1e9, "megabytes": data.nbytes / (1 << 20), "best_ms": best * 1e3,
+            "threads": threads}
+
+
 # The thread-count setters of the OpenBLAS builds NumPy wheels ship (64-bit-integer ones carry a suffix).
 _OPENBLAS_SETTERS = ("scipy_openblas_set_num_threads64_", "openblas_set_num_threads64_", "openblas_set_num_threads")
 

@@ -11,7 +11,9 @@ list of small dicts, in the order the VM calls them:
 - ``op``: ``penni`` or ``dense`` for layer kernels, else the fused op names (``max_pool2d``, ``add``,
   ``matmul_add``, ``reshape_reshape``, ...),
 - ``macs``: multiply-adds per run of the model for a matmul between the convs (``None`` otherwise;
-  a layer's MACs are in ``layers``).
+  a layer's MACs are in ``layers``),
+- ``weight_bytes``: bytes of the constants the call reads (packed weights, coefficients, bias):
+  what a weight-bound kernel (a Linear at batch 1) must stream from memory on every run.
 
 The layer of each call is read right after ``LowerConvComposites`` (the composite binding's variable
 survives the rewrite; every ``call_tir`` bound before it since the previous layer is that layer's),
@@ -25,6 +27,7 @@ import logging
 import re
 from collections.abc import Iterator, Sequence
 
+import numpy as np
 import tvm
 from tvm import relax, tirx
 
@@ -118,10 +121,11 @@ class KernelTableRecorder:
             symbol = str(func.attrs["global_symbol"]) if func.attrs and "global_symbol" in func.attrs else gv_name
             if i in layer_at:
                 layer, kind = layer_at[i]
-                table.append({"kernel": symbol, "layer": layer, "op": kind, "macs": None})
+                table.append({"kernel": symbol, "layer": layer, "op": kind, "macs": None,
+                              "weight_bytes": _constant_bytes(args)})
             else:
                 table.append({"kernel": symbol, "layer": None, "op": op_kind(gv_name),
-                              "macs": _matmul_macs(gv_name, args)})
+                              "macs": _matmul_macs(gv_name, args), "weight_bytes": _constant_bytes(args)})
         return table
 
 
@@ -150,6 +154,15 @@ def _shape(expr) -> list[int] | None:
         return [int(d) for d in shape]
     except (TypeError, ValueError):
         return None
+
+
+def _constant_bytes(args: list) -> int:
+    total = 0
+    for arg in args:
+        if isinstance(arg, tvm.ir.expr.Constant):
+            value = arg.value
+            total += int(np.prod(value.shape, dtype=np.int64)) * np.dtype(str(value.dtype)).itemsize
+    return total
 
 
 def _matmul_macs(name: str, args: list) -> int | None:

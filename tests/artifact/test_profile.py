@@ -18,7 +18,7 @@ from penni_deploy.models import PenniConv2d
 from penni_deploy.targets.kernel_table import op_kind
 
 SHAPE = (2, 3, 12, 12)
-FAST = {"repeat": 5, "threads": 1, "peak_size": 128}
+FAST = {"repeat": 5, "threads": 1, "peak_size": 128, "bandwidth_mb": 8}
 
 
 class ProfileNet(nn.Module):
@@ -129,24 +129,41 @@ def test_layer_macs_are_the_manifests(artifact, report):
     assert linear["macs"] == SHAPE[0] * 16 * 5
 
 
+def test_weight_bytes_are_the_constants_each_kernel_reads(artifact, report):
+    """The Linear's row carries exactly its weight and bias bytes; a weight-bound row is rated against the
+    measured bandwidth (here every row is under 1 MiB, so none is)."""
+    (linear,) = [r for r in report["rows"] if r["layer"] is None and r["op"] in ("linear", "matmul", "matmul_add")]
+    assert linear["weight_bytes"] >= (16 * 5 + 5) * 4 - 5 * 4  # weights (bias may be fused elsewhere)
+    assert all(r["weight_bytes"] is not None for r in report["rows"])
+    assert all(r["weight_gbps"] is None and r["bandwidth_fraction"] is None for r in report["rows"])
+    assert report["bandwidth"]["gbps"] > 0 and report["bandwidth"]["threads"] == 1
+    from penni_deploy.artifact.profile import _rows
+
+    kernels = [{"kernel": "linear", "layer": None, "op": "linear", "macs": 2 << 20, "weight_bytes": 8 << 20,
+                "median_ms": 1.0, "alone_ms": 1.0}]
+    (row,) = _rows(kernels, [], 1, peak_gmacs=100.0, bandwidth_gbps=20.0)
+    assert row["weight_gbps"] == pytest.approx((8 << 20) / 1e6)  # bytes per ms → GB/s
+    assert row["bandwidth_fraction"] == pytest.approx(row["weight_gbps"] / 20.0)
+
+
 def test_cli_table_and_json_round_trip(artifact, tmp_path, capsys):
     out = tmp_path / "profile.json"
     assert main(["profile", str(artifact), "--repeat", "3", "--threads", "1", "--peak-size", "64",
-                 "--json", str(out)]) == 0
+                 "--bandwidth-mb", "4", "--json", str(out)]) == 0
     table = capsys.readouterr().out
     loaded = json.loads(out.read_text())
     assert json.loads(json.dumps(loaded)) == loaded and loaded["repeat"] == 3 and loaded["threads"] == 1
     assert len(loaded["kernels"]) == len(vm_calls(artifact))
     for row in loaded["rows"]:
         assert row["name"][:40] in table
-    assert "fp32 peak" in table and "by op:" in table
+    assert "fp32 peak" in table and "memory bandwidth" in table and "by op:" in table
     assert format_profile_table(loaded).splitlines()[4:] == table.strip().splitlines()[4:]  # same rows from JSON
 
 
 def test_profile_takes_the_input_file(artifact, tmp_path):
     np.save(tmp_path / "x.npy", np.ones(SHAPE, np.float32))
     assert main(["profile", str(artifact), "-i", str(tmp_path / "x.npy"), "--repeat", "2", "--threads", "1",
-                 "--peak-size", "32"]) == 0
+                 "--peak-size", "32", "--bandwidth-mb", "4"]) == 0
 
 
 def one_line_error(capsys):
@@ -184,7 +201,7 @@ def test_bad_artifact_or_input_is_a_one_line_error(case, artifact, tmp_path, cap
         path.write_bytes(artifact.read_bytes()[:-5000])
     elif path.name == "old.penni":
         _without_kernel_table(artifact, path)
-    args = ["profile", str(path), "--repeat", "1", "--threads", "1", "--peak-size", "16",
+    args = ["profile", str(path), "--repeat", "1", "--threads", "1", "--peak-size", "16", "--bandwidth-mb", "4",
             "--json", str(tmp_path / "p.json")]
     if x is not None:
         (tmp_path / "x.npy").write_bytes(x) if isinstance(x, bytes) else np.save(tmp_path / "x.npy", x)
