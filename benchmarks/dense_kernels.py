@@ -68,7 +68,7 @@ def main() -> None:
         kernel = gemm_conv_kernel(g, cout, Epilogue(bias=True, relu=True), lanes=lanes, threads=1,
                                   orientation=orientation)
         weights = pack_weights(rng.random((cout, cin * k * k), dtype=np.float32), orientation,
-                               default_tile(lanes, orientation))
+                               default_tile(lanes))
         tables = [conv_source(g)[2]] if needs_base_table(g) else []
         arrays = [rng.random((args.batch, cin, h, w), dtype=np.float32), weights, *tables,
                   rng.random(cout, dtype=np.float32), np.zeros((args.batch, cout, pixels), np.float32)]

@@ -46,7 +46,7 @@ def _run_case(case, epilogue, batch, orientation, run_primfunc, tile=None, lanes
     w = rng.standard_normal((cout, cin, k, k)).astype(np.float32)
     bias = rng.standard_normal(cout).astype(np.float32)
     residual = rng.standard_normal((batch, cout, pixels)).astype(np.float32)
-    tile = tile or default_tile(lanes, orientation)
+    tile = tile or default_tile(lanes)
     args = [x, pack_weights(w.reshape(cout, -1), orientation, tile)]
     args += [conv_source(geom)[2]] if needs_base_table(geom) else []
     args += ([bias] if epilogue.bias else []) + ([residual] if epilogue.residual else [])
@@ -136,6 +136,6 @@ def test_linear_kernel_matches_numpy(batch, depth, out, run_primfunc):
     x = rng.standard_normal((batch, depth)).astype(np.float32)
     w = rng.standard_normal((out, depth)).astype(np.float32)
     kernel = linear_kernel(batch, depth, out, lanes=16, threads=2)
-    y = run_primfunc(kernel, x, pack_weights(w, "channels", default_tile(16, "channels")),
+    y = run_primfunc(kernel, x, pack_weights(w, "channels", default_tile(16)),
                      np.full((batch, out), np.nan, np.float32))
     np.testing.assert_allclose(y, x @ w.T, rtol=1e-5, atol=1e-4)

@@ -60,14 +60,14 @@ class CpuKernels(KernelLibrary):
         kernel = gemm_conv_kernel(g, cout, chain.epilogue, lanes=self.lanes, threads=self.threads,
                                   orientation=orientation)
         constants = [pack_weights(chain.weight.reshape(cout, -1).astype(np.float32), orientation,
-                                  default_tile(self.lanes, orientation))]
+                                  default_tile(self.lanes))]
         if needs_base_table(g):
             constants.append(conv_source(g)[2])
         return kernel, constants
 
     def linear(self, batch, weight):
         depth, out_features = weight.shape
-        tile = default_tile(self.lanes, "channels")
+        tile = default_tile(self.lanes)
         kernel = linear_kernel(batch, depth, out_features, lanes=self.lanes, threads=self.threads, tile=tile)
         # weight is (K, out): pack its transpose, (out, K), like a conv's.
         return kernel, [pack_weights(np.ascontiguousarray(weight.T, dtype=np.float32), "channels", tile)]

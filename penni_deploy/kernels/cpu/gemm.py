@@ -48,12 +48,14 @@ class GemmTile:
         return self.vectors * self.lanes
 
 
-def default_tile(lanes: int, orientation: str) -> GemmTile:
-    """A tile that fits the vector register file: 32 registers with AVX-512, 16 with AVX2/SSE.
+def default_tile(lanes: int) -> GemmTile:
+    """A tile that fits the vector register file: 32 registers with AVX-512, 16 with AVX2/SSE (both
+    orientations have the same register budget).
 
     AVX-512: 8 × 3 vectors = 24 accumulators + 3 loads of B + 1 broadcast. AVX2: 4 × 3 = 12 + 4.
+    Measured on one znver4 core, other shapes (6×4, 12×2, 4×6) were within ±10% either way on
+    ResNet50's layers, none better on all of them.
     """
-    del orientation  # both orientations use the same register budget
     if lanes >= 16:
         return GemmTile(rows=8, vectors=3, lanes=lanes)
     return GemmTile(rows=4, vectors=3, lanes=lanes)
@@ -67,7 +69,7 @@ def _vector_ops(extent: int, block: int, lanes: int) -> int:
 
 def pick_orientation(pixels: int, out_channels: int, lanes: int) -> str:
     """The orientation that wastes fewer vector lanes on tails (ties go to ``pixels``)."""
-    tile = default_tile(lanes, "pixels")
+    tile = default_tile(lanes)
     by_pixels = _vector_ops(pixels, tile.cols, lanes) * out_channels
     by_channels = _vector_ops(out_channels, tile.cols, lanes) * pixels
     return "channels" if by_channels < 0.9 * by_pixels else "pixels"
@@ -211,7 +213,7 @@ def gemm_conv_kernel(geom: ConvGeometry, out_channels: int, epilogue: Epilogue, 
     orientation = orientation or pick_orientation(pixels, out_channels, lanes)
     if orientation not in ORIENTATIONS:
         raise ValueError(f"orientation must be one of {ORIENTATIONS}, not {orientation!r}")
-    tile = tile or default_tile(lanes, orientation)
+    tile = tile or default_tile(lanes)
     kind, (src_h, src_w), _ = conv_source(g)
     direct = kind in ("direct", "subsampled")  # panels are contiguous rows of the source
     plane = src_h * src_w
@@ -348,7 +350,7 @@ def linear_kernel(batch: int, depth: int, out_features: int, *, lanes: int = 16,
     tvm.tirx.PrimFunc
         ``f(X, Wp, Y)`` with ``Y (N, out_features)``.
     """
-    tile = tile or default_tile(lanes, "channels")
+    tile = tile or default_tile(lanes)
     cols = tile.cols
     o_blocks = -(-out_features // cols)
     row_blocks = -(-batch // tile.rows)
