@@ -16,6 +16,10 @@ CASES = {
     "5x5-stride2-odd": dict(h=15, w=17, k=5, stride=(2, 2), pad=(2, 2, 2, 2), dil=(1, 1)),
     "asym-pad": dict(h=8, w=8, k=3, stride=(2, 1), pad=(0, 1, 1, 0), dil=(1, 1)),
     "wide-70": dict(h=3, w=70, k=3, stride=(1, 1), pad=(1, 1, 1, 1), dil=(1, 1)),
+    # column strides on rows a vector wide or more (taps read from the column phases)
+    "wide-stride2": dict(h=6, w=70, k=3, stride=(2, 2), pad=(1, 1, 1, 1), dil=(1, 1)),
+    "stem-7x7-stride2": dict(h=20, w=40, k=7, stride=(2, 2), pad=(3, 3, 3, 3), dil=(1, 1)),
+    "column-stride3-dilation2": dict(h=5, w=80, k=3, stride=(1, 3), pad=(2, 2, 2, 2), dil=(2, 2)),
     # narrow images (basis_narrow_kernel applies too)
     "2x2": dict(h=2, w=2, k=3, stride=(1, 1), pad=(1, 1, 1, 1), dil=(1, 1)),
     "4x4": dict(h=4, w=4, k=3, stride=(1, 1), pad=(1, 1, 1, 1), dil=(1, 1)),

@@ -40,6 +40,8 @@ CASES = {
     "pad0_dilation2": (lambda nets: _Layer(nets.penni_layer(density=0.3, seed=4, padding=0, dilation=2, num_bases=3)),
                        (1, 8, 10, 9)),
     "empty_rows": (_empty_rows, (1, 8, 7, 7)),
+    "wide_stride2": (lambda nets: _Layer(nets.penni_layer(8, 8, density=0.3, seed=5, stride=2, bias=True), relu=True),
+                     (2, 8, 6, 36)),
 }
 _BUILDERS = {case: spec[0] for case, spec in CASES.items()}
 

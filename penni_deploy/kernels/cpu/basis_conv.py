@@ -17,7 +17,7 @@ from tvm.script.ir_builder import tirx as T
 
 from ...plan.geometry import ConvGeometry
 from ..tir_helpers import F32, I32, KERNEL_ATTRS, parallel_tasks
-from .basis_rows import emit_channel_maps, emit_padded_copy, taps_shape
+from .basis_rows import emit_channel_maps, emit_padded_copy, phases_shape, taps_shape
 
 
 def basis_conv_kernel(geom: ConvGeometry, n_maps: int, n_channels: int, *, lanes: int = 16,
@@ -60,18 +60,21 @@ def basis_conv_kernel(geom: ConvGeometry, n_maps: int, n_channels: int, *, lanes
             weights = T.arg("weights", T.Buffer((n_maps, g.kernel_h, g.kernel_w), F32))
             M = T.arg("M", T.Buffer((g.batch, n_maps, ho * wo), F32))
 
+            phases = phases_shape(g, hp)
+
             def scratch():
                 # zero-padded copy of just the input window this layer reads (border zeroed once
-                # per thread), and its taps
-                return T.alloc_buffer((hp, wp), F32), T.alloc_buffer(taps_shape(g, ho), F32)
+                # per thread), its taps, and with a column stride its column phases
+                buffers = (T.alloc_buffer((hp, wp), F32), T.alloc_buffer(taps_shape(g, ho), F32))
+                return buffers + ((T.alloc_buffer(phases, F32),) if phases else (None,))
 
-            def channel(task, padded, taps):
+            def channel(task, padded, taps, column_phases):
                 n = task // n_channels
                 c = task % n_channels
                 i = channels[c]
                 emit_padded_copy(padded, lambda sy, sx: X[n, i, sy, sx], g, 0, hp, static_rows=True)
                 emit_channel_maps(padded, taps, weights, g, ho, map_ptr[c], map_ptr[c + 1], lanes,
-                                  lambda m, p, value: T.buffer_store(M, value, [n, m, p]))
+                                  lambda m, p, value: T.buffer_store(M, value, [n, m, p]), column_phases)
 
             parallel_tasks(g.batch * n_channels, threads, scratch, channel)
     return ib.get()

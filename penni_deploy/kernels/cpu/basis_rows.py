@@ -23,11 +23,30 @@ def taps_shape(geom: ConvGeometry, rows: int) -> tuple[int, int]:
     return geom.kernel_h * geom.kernel_w, rows * geom.out_width
 
 
+def phases_shape(geom: ConvGeometry, window_rows: int) -> tuple[int, int, int] | None:
+    """Shape of the column-phase scratch ``emit_channel_maps`` needs for a column stride above 1
+    (``None`` at stride 1): ``(stride, window_rows, ceil(window_width / stride))``."""
+    sw = geom.stride[1]
+    return None if sw == 1 else (sw, window_rows, -(-geom.window_width // sw))
+
+
+def emit_column_phases(padded, phases, geom: ConvGeometry, window_rows: int) -> None:
+    """``phases[b, r, x] = padded[r, x·sw + b]``: the window split by column phase, so that a strided
+    conv's taps are contiguous loads (``(x0 + v)·sw + kx·dw = (x0 + v + q)·sw + b``). Each window
+    element is read strided once here instead of once per tap (49 times for a 7×7 stem)."""
+    sw, wp = geom.stride[1], geom.window_width
+    for b in range(sw):
+        with T.serial(0, window_rows) as r:
+            with T.vectorized(0, -(-(wp - b) // sw)) as x:
+                T.buffer_store(phases, padded[r, x * sw + b], [b, r, x])
+
+
 def emit_channel_maps(padded, taps, weights, geom: ConvGeometry, rows: int, first_map, end_map, lanes: int,
-                      store: Callable[[object, object, object], None]) -> None:
+                      store: Callable[[object, object, object], None], phases=None) -> None:
     """Compute the maps ``first_map..end_map`` (kernels ``weights[m]``) of the zero-padded channel
     buffer ``padded`` for output rows ``0..rows``; each vector goes to ``store(m, pixel, value)``
-    with ``pixel`` flattened as ``y * out_width + x``. ``taps`` is scratch of ``taps_shape``.
+    with ``pixel`` flattened as ``y * out_width + x``. ``taps`` is scratch of ``taps_shape``;
+    with a column stride, ``phases`` is scratch of ``phases_shape`` (see ``emit_column_phases``).
 
     Rows at least a vector wide read their taps straight from ``padded``, a vector per row block;
     narrower rows first lay the taps out flat over the whole tile so the vectors stay full.
@@ -36,6 +55,17 @@ def emit_channel_maps(padded, taps, weights, geom: ConvGeometry, rows: int, firs
     (sh, sw), (dh, dw) = g.stride, g.dilation
     wo = g.out_width
     n_taps = g.kernel_h * g.kernel_w
+    if sw > 1:
+        if phases is None:
+            raise ValueError("a column stride needs the phases scratch (phases_shape)")
+        emit_column_phases(padded, phases, g, phases.shape[1])
+
+    def tap(row, kx, x):
+        """``padded[row, x·sw + kx·dw]``, read contiguously in ``x``."""
+        if sw == 1:
+            return padded[row, x + kx * dw]
+        shift, phase = divmod(kx * dw, sw)
+        return phases[phase, row, x + shift]
 
     def maps_from(held, size, pixel):
         emit_maps_from_taps(held, weights, geom, first_map, end_map, size, pixel, store)
@@ -48,8 +78,7 @@ def emit_channel_maps(padded, taps, weights, geom: ConvGeometry, rows: int, firs
                 for ky in range(g.kernel_h):
                     for kx in range(g.kernel_w):
                         with T.vectorized(0, size) as v:
-                            T.buffer_store(held, padded[y * sh + ky * dh, (x0 + v) * sw + kx * dw],
-                                           [ky * g.kernel_w + kx, v])
+                            T.buffer_store(held, tap(y * sh + ky * dh, kx, x0 + v), [ky * g.kernel_w + kx, v])
                 maps_from(held, size, y * wo + x0)
 
             static_blocks(wo, lanes, row_block)
@@ -60,7 +89,7 @@ def emit_channel_maps(padded, taps, weights, geom: ConvGeometry, rows: int, firs
         for kx in range(g.kernel_w):
             with T.serial(0, rows) as y:
                 with T.vectorized(0, wo) as x:
-                    T.buffer_store(taps, padded[y * sh + ky * dh, x * sw + kx * dw], [ky * g.kernel_w + kx, y * wo + x])
+                    T.buffer_store(taps, tap(y * sh + ky * dh, kx, x), [ky * g.kernel_w + kx, y * wo + x])
 
     def pixel_block(p0, size):
         held = T.alloc_buffer((n_taps, size), F32, scope="local")

@@ -18,7 +18,7 @@ from ..epilogue import apply_epilogue
 from ...plan.geometry import ConvGeometry
 from ..signatures import epilogue_args
 from ..tir_helpers import F32, I32, KERNEL_ATTRS, parallel_tasks, pick_block, static_blocks
-from .basis_rows import emit_channel_maps, emit_padded_copy, taps_shape
+from .basis_rows import emit_channel_maps, emit_padded_copy, phases_shape, taps_shape
 from .csr_recombine import emit_sparse_row
 
 
@@ -64,11 +64,14 @@ def fused_penni_kernel(geom: ConvGeometry, n_maps: int, n_channels: int, out_cha
             data = T.arg("data", T.Buffer((nnz,), F32))
             bias, residual, Y = epilogue_args(epilogue, g.batch, out_channels, ho * wo)
 
+            phases = phases_shape(g, in_rows)
+
             def scratch():
                 return (T.alloc_buffer((n_maps, tile_pixels), F32), T.alloc_buffer((in_rows, wp), F32),
-                        T.alloc_buffer(taps_shape(g, rows), F32))
+                        T.alloc_buffer(taps_shape(g, rows), F32),
+                        T.alloc_buffer(phases, F32) if phases else None)
 
-            def tile(task, maps, padded, taps):
+            def tile(task, maps, padded, taps, column_phases):
                 n = task // n_tiles
                 y0 = task % n_tiles * rows
                 with T.serial(0, n_channels) as c:
@@ -76,7 +79,7 @@ def fused_penni_kernel(geom: ConvGeometry, n_maps: int, n_channels: int, out_cha
                     emit_padded_copy(padded, lambda sy, sx, i=i: X[n, i, sy, sx], g, y0 * sh, in_rows,
                                      static_rows=False)
                     emit_channel_maps(padded, taps, weights, g, rows, map_ptr[c], map_ptr[c + 1], lanes,
-                                      lambda m, p, value: T.buffer_store(maps, value, [m, p]))
+                                      lambda m, p, value: T.buffer_store(maps, value, [m, p]), column_phases)
 
                 with T.serial(0, out_channels) as o:
 
