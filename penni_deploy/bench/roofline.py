@@ -80,16 +80,22 @@ def matmul_peak(threads: int, n: int = 2048, repeat: int = 10, library: str = "n
 
         def mm():
             np.matmul(a, b, out=out)
-    for _ in range(2):
-        mm()
-    best = float("inf")
-    for _ in range(repeat):
-        start = time.perf_counter()
-        mm()
-        best = min(best, time.perf_counter() - start)
+    best = _best_seconds(mm, repeat, warmup=2)
     gmacs = n**3 / best / 1e9
     return {"n": n, "best_ms": best * 1e3, "gmacs": gmacs, "peak_gflops": 2 * gmacs, "threads": threads,
             "library": library, "threads_set": threads_set}
+
+
+def _best_seconds(run, repeat: int, warmup: int) -> float:
+    """The fastest of ``repeat`` timed calls of ``run``, after ``warmup`` untimed ones."""
+    for _ in range(warmup):
+        run()
+    best = float("inf")
+    for _ in range(repeat):
+        start = time.perf_counter()
+        run()
+        best = min(best, time.perf_counter() - start)
+    return best
 
 
 def memory_bandwidth(threads: int, megabytes: int = 256, repeat: int = 5) -> dict:
@@ -117,12 +123,7 @@ def memory_bandwidth(threads: int, megabytes: int = 256, repeat: int = 5) -> dic
         for worker in workers:
             worker.join()
 
-    read_all()
-    best = float("inf")
-    for _ in range(repeat):
-        start = time.perf_counter()
-        read_all()
-        best = min(best, time.perf_counter() - start)
+    best = _best_seconds(read_all, repeat, warmup=1)
     return {"gbps": data.nbytes / best / 1e9, "megabytes": data.nbytes / (1 << 20), "best_ms": best * 1e3,
             "threads": threads}
 
