@@ -301,7 +301,7 @@ def bench(
     batch: Annotated[str, typer.Option(help="Batch sizes, comma-separated.")] = "1,8",
     threads: Annotated[Optional[int], typer.Option(help="Threads for every engine (default: all cores).")] = None,
     repeat: Annotated[int, typer.Option(help="Timed runs per engine, at least (median and p90 reported).")] = 100,
-    seconds: Annotated[float, typer.Option(help="Time each engine for at least this long, too.")] = 1.0,
+    seconds: Annotated[float, typer.Option(help="Time each engine for at least this long, too.")] = 3.0,
     device: Annotated[str, typer.Option(help="cpu, or cuda (needs a GPU; compile with --target cuda).")] = "cpu",
     json_out: Annotated[Optional[Path], typer.Option("--json", help="Also write the report as JSON.")] = None,
     plot: Annotated[Optional[Path], typer.Option(help="Also draw the latencies as a PNG (needs matplotlib).")] = None,
