@@ -33,7 +33,7 @@ from ..compiler import compile_loaded
 from ..frontend import load_model, resolve_input_shape
 from ..frontend.load_model import LoadedModel
 from .launch import run_worker, save_check, save_network, worker_spec
-from .options import BenchOptions, reported_ms
+from .options import BenchOptions
 from .peer_runs import measure_peers
 from .peers import SavedNetwork, peer_networks, saved_network, select_engines
 from .roofline import with_roofline
@@ -41,7 +41,7 @@ from .roofline import with_roofline
 Progress = Callable[[str], None]
 
 BUSY_CPU_WAIT = 0.05  # a row whose threads waited this much of their timed window for a core is flagged
-DRIFT = 1.2  # a row whose median is this far above its steady latency is flagged
+DRIFT = 1.3  # a row whose slowest chunk of timed runs has a median this many times its fastest's is flagged
 
 
 def _is_saved_file(loaded: LoadedModel) -> bool:
@@ -172,31 +172,30 @@ def format_bench_table(report: dict) -> str:
               f"target {report['target'].get('mcpu', report['target'].get('name'))}; "
               f"conv MACs/image dense {report['conv_macs_dense']:,} → compiled {report['conv_macs_compiled']:,}"),
              _roofline_line(report),
-             (f"{'engine':<24} {'prec':>4} {'batch':>5} {'steady ms':>10} {'median ms':>10} {'p90 ms':>9} "
-              f"{'speedup':>8} {'×roofline':>9} {'model MB':>9} {'infer MB':>9} {'rel err':>8}")]
+             (f"{'engine':<24} {'prec':>4} {'batch':>5} {'median ms':>10} {'p90 ms':>9} {'speedup':>8} "
+              f"{'×roofline':>9} {'model MB':>9} {'infer MB':>9} {'rel err':>8}")]
     baseline = {}
     for r in report["results"]:
         if r["engine"] in ("torch-dense", "torch-as-saved") and "median_ms" in r:
-            baseline.setdefault(r["batch"], reported_ms(r))
+            baseline.setdefault(r["batch"], r["median_ms"])
     for r in report["results"]:
         head = f"{r['engine']:<24} {r.get('precision', 'fp32'):>4} {r['batch']:>5}"
         if "median_ms" not in r:
             lines.append(f"{head}  {r.get('error', 'not measured')}")
             continue
         base = baseline.get(r["batch"])
-        speedup = f"{base / reported_ms(r):.2f}×" if base else "-"
+        speedup = f"{base / r['median_ms']:.2f}×" if base else "-"
         ratio = f"{r['roofline_ratio']:.1f}" if "roofline_ratio" in r else "-"
         mem = f"{r['model_mb']:>9.1f} {r['inference_mb']:>9.1f}" if "model_mb" in r else f"{'-':>9} {'-':>9}"
         error = f"{r['max_rel_error']:.1e}" if "max_rel_error" in r else "-"
-        lines.append(f"{head} {reported_ms(r):>10.3f} {r['median_ms']:>10.3f} {r['p90_ms']:>9.3f} {speedup:>8} "
-                     f"{ratio:>9} {mem} {error:>8}")
-    lines.append("steady ms: the lowest median of ten consecutive chunks of the timed runs (the machine at full "
-                 "speed); speedup and ×roofline use it")
-    drifted = [f"{r['engine']} b{r['batch']}" for r in report["results"]
-               if "steady_ms" in r and r["median_ms"] > DRIFT * r["steady_ms"]]
+        lines.append(f"{head} {r['median_ms']:>10.3f} {r['p90_ms']:>9.3f} {speedup:>8} {ratio:>9} {mem} {error:>8}")
+    drifted = [f"{r['engine']} b{r['batch']} {max(r['chunk_medians_ms']) / min(r['chunk_medians_ms']):.1f}×"
+               for r in report["results"]
+               if len(r.get("chunk_medians_ms", ())) > 1 and max(r["chunk_medians_ms"]) > DRIFT * min(r["chunk_medians_ms"])]
     if drifted:
-        lines.append(f"the machine slowed down during {', '.join(drifted)}: their median is over {DRIFT - 1:.0%} "
-                     "above their steady latency (another tenant of the host; not the engine)")
+        lines.append(f"the machine changed speed during these rows (slowest over fastest tenth of their timed runs: "
+                     f"{', '.join(drifted)}) with no process waiting for a core: a shared host's cores slowing "
+                     "down, not the engine; their medians vary from run to run")
     parity = ", ".join(f"batch {b}: {e:.1e}" for b, e in report["parity_max_rel_error"].items())
     lines.append(f"penni-deploy vs PyTorch, max abs error / output scale: {parity}")
     waited = [f"{r['engine']} b{r['batch']} {r['cpu_wait']:.0%}" for r in report["results"]

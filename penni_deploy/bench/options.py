@@ -17,8 +17,8 @@ class BenchOptions:
     warmup: int = 10
     warmup_seconds: float = 0.5  # warm-up lasts at least this long, and ``warmup`` runs
     repeat: int = 100
-    # Timed runs last at least this long, and ``repeat`` runs (see worker.measure): long enough for a
-    # full-speed stretch of a VM whose cores slow down for seconds at a time to show in ``steady_ms``.
+    # Timed runs last at least this long, and ``repeat`` runs (see worker.measure). The development VM's
+    # cores slow down for 2-3 s at a time: a 1 s window can fall inside one such stretch.
     min_seconds: float = 3.0
     min_repeat: int = 20
     max_seconds: float = 10.0  # a slow engine stops here once it has ``min_repeat`` runs
@@ -27,9 +27,3 @@ class BenchOptions:
     peers: bool = False  # also measure the engines of peers.PEER_ENGINES
     peer_engines: tuple[str, ...] | None = None  # names of the peers to measure; None: all of them
     matmul_n: int = 2048  # side of the square fp32 matmul that measures the machine's peak for the roofline
-
-
-def reported_ms(row: dict) -> float:
-    """The latency a bench table, ratio or plot shows for a measured row: its ``steady_ms`` (the lowest
-    median of a chunk of its timed runs, see ``worker``), else its median (rows from older reports)."""
-    return row.get("steady_ms", row["median_ms"])

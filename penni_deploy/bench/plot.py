@@ -1,5 +1,4 @@
-"""A picture of a bench report: steady latency (``options.reported_ms``) per engine and batch size, p90
-as the whisker.
+"""A picture of a bench report: median latency per engine and batch size, p90 as the whisker.
 
 Horizontal bars, one panel per batch size, every engine of the report on its own line in the report's
 order, so that the ~14 engines of ``bench --peers`` stay readable; an engine that could not run keeps
@@ -13,9 +12,8 @@ get it.
 from __future__ import annotations
 
 from ..errors import PenniError
-from .options import reported_ms
 
-_LOG_SPAN = 20.0  # max/min latency above which the latency axis is logarithmic
+_LOG_SPAN = 20.0  # max/min median above which the latency axis is logarithmic
 _FAMILY_COLORS = (  # by engine-name prefix, first match wins
     ("penni-deploy", "tab:green"),
     ("torch-compile", "tab:purple"),
@@ -53,7 +51,7 @@ def bench_figure(report: dict):
 
     batches = sorted({r["batch"] for r in report["results"]})
     engines = list(dict.fromkeys(r["engine"] for r in report["results"]))
-    medians = [reported_ms(r) for r in report["results"] if "median_ms" in r]
+    medians = [r["median_ms"] for r in report["results"] if "median_ms" in r]
     log = bool(medians) and max(medians) / min(medians) > _LOG_SPAN
     fig, axes = plt.subplots(1, len(batches), figsize=(6.0 * len(batches), 1.6 + 0.32 * len(engines)),
                              squeeze=False)
@@ -71,8 +69,8 @@ def _draw_panel(ax, report: dict, batch: int, engines: list[str], log: bool) -> 
     rows = {r["engine"]: r for r in report["results"] if r["batch"] == batch}
     measured = [e for e in engines if "median_ms" in rows.get(e, {})]
     ys = {e: i for i, e in enumerate(engines)}
-    ax.barh([ys[e] for e in measured], [reported_ms(rows[e]) for e in measured],
-            xerr=[[0] * len(measured), [max(0.0, rows[e]["p90_ms"] - reported_ms(rows[e])) for e in measured]],
+    ax.barh([ys[e] for e in measured], [rows[e]["median_ms"] for e in measured],
+            xerr=[[0] * len(measured), [rows[e]["p90_ms"] - rows[e]["median_ms"] for e in measured]],
             color=[_color(e) for e in measured], capsize=2, height=0.7)
     base = rows.get("torch-dense") or rows.get("torch-as-saved")
     for e in engines:
@@ -80,10 +78,10 @@ def _draw_panel(ax, report: dict, batch: int, engines: list[str], log: bool) -> 
             ax.annotate("not run (see report)", (0, ys[e]), xytext=(4, 0), textcoords="offset points",
                         xycoords=("axes fraction", "data"), va="center", fontsize=7, color="tab:red")
             continue
-        latency = reported_ms(rows[e])
-        label = f"{latency:.3g} ms" if latency < 100 else f"{latency:.0f} ms"
+        median = rows[e]["median_ms"]
+        label = f"{median:.3g} ms" if median < 100 else f"{median:.0f} ms"
         if base and "median_ms" in base:
-            label += f"  {reported_ms(base) / latency:.1f}×"
+            label += f"  {base['median_ms'] / median:.1f}×"
         ax.annotate(label, (rows[e]["p90_ms"], ys[e]), xytext=(3, 0), textcoords="offset points",
                     va="center", fontsize=7, fontweight="bold" if e == "penni-deploy" else "normal")
     bounds = report.get("roofline_ms", {})
@@ -100,7 +98,7 @@ def _draw_panel(ax, report: dict, batch: int, engines: list[str], log: bool) -> 
     ax.margins(x=0.35)  # room for the labels right of the bars
     if log:
         ax.set_xscale("log")
-        smallest = min([reported_ms(rows[e]) for e in measured] + ([roofline] if roofline else []), default=1.0)
+        smallest = min([rows[e]["median_ms"] for e in measured] + ([roofline] if roofline else []), default=1.0)
         ax.set_xlim(smallest / 2, ax.get_xlim()[1])
-    ax.set_xlabel("steady latency (ms), whisker p90" + (", log scale" if log else ""))
+    ax.set_xlabel("median latency (ms), whisker p90" + (", log scale" if log else ""))
     ax.set_title(f"batch {batch}", fontsize=10)

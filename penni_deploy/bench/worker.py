@@ -29,11 +29,12 @@ per-thread schedstat): near 0 on an idle machine, and the reason when two runs d
 A virtual machine's cores can also lose speed that no guest counter shows: on the 2-core development VM
 the same artifact ran 0.7 ms for seconds, then 1.6 ms for seconds, inside one process, with no steal
 time and no run-queue wait (its two vCPUs sharing one physical core for a while, most likely; a 2-thread
-NumPy matmul swung 126-178 GFLOP/s the same way). So the timed runs are also cut into up to
-``STEADY_CHUNKS`` consecutive chunks, and ``steady_ms`` is the lowest chunk median: the engine's latency
-while the machine ran at full speed, which is what the tables compare (``options.reported_ms``). Like
-``timeit``'s minimum it discards interference, not the engine's own variation: each chunk is a median of
-many runs.
+NumPy matmul swung 126-178 GFLOP/s the same way). The timed runs are
+also cut into up to ``CHUNKS`` consecutive chunks whose medians the row keeps
+(``chunk_medians_ms``): when the fastest and the slowest differ by much, the machine changed speed during
+the row (``driver.DRIFT``). The median of all runs stays the reported latency: the lowest chunk median
+was tried as a steadier figure and agreed worse across three runs (ResNet18 batch 8: 4.4-6.3 ms, against
+5.9-6.8 ms for the median), since how fast the fastest stretch is varies too.
 """
 
 from __future__ import annotations
@@ -63,8 +64,8 @@ _ENGINE_MODULES = {
 }
 
 
-STEADY_CHUNKS = 10  # chunks of the timed runs whose lowest median is ``steady_ms``
-MIN_CHUNK_RUNS = 5  # fewer runs per chunk and the chunk medians are too noisy to take a minimum of
+CHUNKS = 10  # consecutive chunks of the timed runs, each with its median, to see the machine change speed
+MIN_CHUNK_RUNS = 5  # fewer runs per chunk and a chunk's median is one run's noise
 
 
 class EngineMissingError(Exception):
@@ -249,7 +250,7 @@ def measure(spec: dict) -> dict:
     ms = np.array(times) * 1e3
     chunks = chunk_medians_ms(ms)
     result.update(median_ms=float(np.median(ms)), p90_ms=float(np.percentile(ms, 90)), runs=len(times),
-                  steady_ms=min(chunks), chunk_medians_ms=chunks)
+                  chunk_medians_ms=chunks)
     if rss0 and rss_loaded and peak and reset:
         result.update(model_mb=(rss_loaded - rss0) / 1024, inference_mb=max(0, peak - rss_loaded) / 1024,
                       peak_rss_mb=peak / 1024)
@@ -257,9 +258,9 @@ def measure(spec: dict) -> dict:
 
 
 def chunk_medians_ms(ms: np.ndarray) -> list[float]:
-    """Medians of up to ``STEADY_CHUNKS`` consecutive chunks of ``ms``, each of ``MIN_CHUNK_RUNS`` runs or
+    """Medians of up to ``CHUNKS`` consecutive chunks of ``ms``, each of ``MIN_CHUNK_RUNS`` runs or
     more; one chunk (the overall median) when there are too few runs to cut."""
-    count = min(STEADY_CHUNKS, len(ms) // MIN_CHUNK_RUNS)
+    count = min(CHUNKS, len(ms) // MIN_CHUNK_RUNS)
     if count < 2:
         return [float(np.median(ms))]
     return [float(np.median(chunk)) for chunk in np.array_split(np.asarray(ms), count)]
