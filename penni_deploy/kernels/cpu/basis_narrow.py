@@ -23,7 +23,7 @@ from tvm.script.ir_builder import IRBuilder
 from tvm.script.ir_builder import tirx as T
 
 from ...plan.geometry import ConvGeometry
-from ..tir_helpers import F32, I32, KERNEL_ATTRS, parallel_tasks
+from ..tir_helpers import F32, I32, KERNEL_ATTRS, RegisterRows, parallel_tasks
 from .basis_rows import emit_maps_from_taps
 
 #: Output pixels, in vectors, up to which an image counts as narrow.
@@ -131,7 +131,7 @@ def basis_narrow_kernel(geom: ConvGeometry, n_maps: int, n_channels: int, *, lan
                     fill_planes(flat, n, channels[c])
                     for p0 in range(0, pixels, lanes):
                         size = min(lanes, pixels - p0)
-                        held = T.alloc_buffer((len(taps), size), F32, scope="local")
+                        held = RegisterRows(len(taps), size)
                         for t, (tap, shift) in enumerate(zip(taps, shifts)):
                             with T.vectorized(0, size) as v:
                                 # source, on the plane's grid, of output pixel p0 + v
@@ -139,8 +139,7 @@ def basis_narrow_kernel(geom: ConvGeometry, n_maps: int, n_channels: int, *, lan
                                 inside = tirx.all(py >= 0, py < plane_rows, px >= 0, px < wo,
                                                   py * sh + tap.row_phase < g.height,
                                                   px * sw + tap.col_phase < g.width)
-                                T.buffer_store(held, T.Select(inside, flat[front + p0 + v + shift], T.float32(0)),
-                                               [t, v])
+                                held.store(T.Select(inside, flat[front + p0 + v + shift], T.float32(0)), t, v)
                         emit_maps_from_taps(held, weights, g, map_ptr[c], map_ptr[c + 1], size, p0,
                                             lambda m, p, value, n=n: T.buffer_store(M, value, [n, m, p]))
 

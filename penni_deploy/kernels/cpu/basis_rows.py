@@ -15,7 +15,7 @@ from tvm import tirx
 from tvm.script.ir_builder import tirx as T
 
 from ...plan.geometry import ConvGeometry
-from ..tir_helpers import F32, static_blocks
+from ..tir_helpers import F32, RegisterRows, static_blocks
 
 
 def taps_shape(geom: ConvGeometry, rows: int) -> tuple[int, int]:
@@ -74,11 +74,11 @@ def emit_channel_maps(padded, taps, weights, geom: ConvGeometry, rows: int, firs
         with T.serial(0, rows) as y:
 
             def row_block(x0, size, y=y):
-                held = T.alloc_buffer((n_taps, size), F32, scope="local")
+                held = RegisterRows(n_taps, size)
                 for ky in range(g.kernel_h):
                     for kx in range(g.kernel_w):
                         with T.vectorized(0, size) as v:
-                            T.buffer_store(held, tap(y * sh + ky * dh, kx, x0 + v), [ky * g.kernel_w + kx, v])
+                            held.store(tap(y * sh + ky * dh, kx, x0 + v), ky * g.kernel_w + kx, v)
                 maps_from(held, size, y * wo + x0)
 
             static_blocks(wo, lanes, row_block)
@@ -92,10 +92,10 @@ def emit_channel_maps(padded, taps, weights, geom: ConvGeometry, rows: int, firs
                     T.buffer_store(taps, tap(y * sh + ky * dh, kx, x), [ky * g.kernel_w + kx, y * wo + x])
 
     def pixel_block(p0, size):
-        held = T.alloc_buffer((n_taps, size), F32, scope="local")
+        held = RegisterRows(n_taps, size)
         for t in range(n_taps):
             with T.vectorized(0, size) as v:
-                T.buffer_store(held, taps[t, p0 + v], [t, v])
+                held.store(taps[t, p0 + v], t, v)
         maps_from(held, size, p0)
 
     static_blocks(pixels, min(pixels, lanes), pixel_block)

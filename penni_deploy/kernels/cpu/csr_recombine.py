@@ -26,7 +26,7 @@ from tvm.script.ir_builder import tirx as T
 from ...plan.epilogue import Epilogue
 from ..epilogue import apply_epilogue
 from ..signatures import csr_recombine_args, epilogue_args
-from ..tir_helpers import F32, I32, KERNEL_ATTRS, pick_block, static_blocks
+from ..tir_helpers import F32, I32, KERNEL_ATTRS, RegisterRows, pick_block, static_blocks
 
 
 def csr_recombine_kernel(batch: int, n_maps: int, pixels: int, out_channels: int, nnz: int,
@@ -115,15 +115,15 @@ def emit_sparse_row(size: int, start, end, entry, load, finish, *, lanes: int,
     for ``j`` in ``[start, end)`` with ``entry(j) -> (coef, map index)``, the sum held in vector
     registers. ``static_count`` (ELL: every row the same length) lets short rows unroll."""
     chains = chains_for(size, lanes)
-    acc = T.alloc_buffer((chains, size), F32, scope="local")
+    acc = RegisterRows(chains, size)
     for c in range(chains):
         with T.vectorized(0, size) as v:
-            T.buffer_store(acc, T.float32(0), [c, v])
+            acc.store(T.float32(0), c, v)
 
     def accumulate(j, c):
         coef, m = entry(j)
         with T.vectorized(0, size) as v:
-            T.buffer_store(acc, acc[c, v] + coef * load(m, v), [c, v])
+            acc.store(acc[c, v] + coef * load(m, v), c, v)
 
     if static_count is not None and static_count <= 8:
         for j in range(static_count):

@@ -30,7 +30,7 @@ from tvm.script.ir_builder import tirx as T
 from ...plan.epilogue import Epilogue
 from ...plan.geometry import ConvGeometry
 from ..epilogue import apply_epilogue
-from ..tir_helpers import F32, I32, KERNEL_ATTRS
+from ..tir_helpers import F32, I32, KERNEL_ATTRS, RegisterRows
 
 ORIENTATIONS = ("pixels", "channels")
 
@@ -101,16 +101,16 @@ def emit_tile(rows: int, cols: int, depth: int, a_at: Callable, b_at: Callable, 
     splits into scalars and keeps on the stack: 20× slower.)
     """
     pieces = [(c0, min(lanes, cols - c0)) for c0 in range(0, cols, lanes)]
-    acc = T.alloc_buffer((rows, cols), F32, scope="local")
+    acc = RegisterRows(rows, cols)
     for i in range(rows):
         for c0, width in pieces:
             with T.vectorized(0, width) as v:
-                T.buffer_store(acc, T.float32(0), [i, c0 + v])
+                acc.store(T.float32(0), i, c0 + v)
     with T.serial(0, depth) as k:
         for i in range(rows):
             for c0, width in pieces:
                 with T.vectorized(0, width) as v:
-                    T.buffer_store(acc, acc[i, c0 + v] + a_at(i, k) * b_at(k, c0 + v), [i, c0 + v])
+                    acc.store(acc[i, c0 + v] + a_at(i, k) * b_at(k, c0 + v), i, c0 + v)
     for i in range(rows):
         for c0, width in pieces:
             with T.vectorized(0, width) as v:
