@@ -35,7 +35,8 @@ class KernelConfig:
     block : int
         Pixels kept in registers per recombination step, in vector registers (1, 2 or 4).
     balance : bool
-        Hand out output rows longest-first instead of in channel order, so threads finish together.
+        Hand out output rows long and short alternately instead of in channel order, so that each
+        thread's contiguous range of rows has about the same nonzeros.
     tile_rows : int
         Fused only: output rows per task.
     """

@@ -82,3 +82,22 @@ def test_narrow_blocks_split_rows_over_chains_exactly(pixels, run_primfunc):
     ell_func = ell_recombine_kernel(2, n_maps, pixels, cout, width, epilogue)
     out = run_primfunc(ell_func, maps, indices, data, bias, np.full((2, cout, pixels), np.nan, np.float32))
     np.testing.assert_allclose(out, expected, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("rows", [7, 64, 512])
+def test_balanced_order_gives_every_contiguous_range_about_the_same_nonzeros(rows):
+    from penni_deploy.kernels.cpu.csr_recombine import balanced_row_order
+
+    rng = np.random.default_rng(rows)
+    lengths = rng.poisson(80, rows) * (rng.random(rows) < 0.9)  # uneven rows, some empty
+    indptr = np.concatenate([[0], np.cumsum(lengths)])
+    order = balanced_row_order(indptr)
+    assert sorted(order.tolist()) == list(range(rows)) and order.dtype == np.int32
+    for threads in (2, 4, 8):
+        if rows < 2 * threads:
+            continue
+        step = -(-rows // threads)  # TVM's static split of a parallel loop
+        shares = [lengths[order[t * step:(t + 1) * step]].sum() for t in range(threads)]
+        longest_first = [np.sort(lengths)[::-1][t * step:(t + 1) * step].sum() for t in range(threads)]
+        assert max(shares) / np.mean(shares) < 1.1 + 4 / step
+        assert max(shares) < max(longest_first)

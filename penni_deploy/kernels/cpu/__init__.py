@@ -11,6 +11,7 @@ from .basis_conv import basis_conv_kernel
 from .basis_narrow import basis_narrow_kernel, is_narrow
 from .basis_sum_conv import basis_sum_conv_kernel
 from .csr_recombine import (
+    balanced_row_order,
     csr_recombine_kernel,
     ell_arrays,
     ell_recombine_kernel,
@@ -127,7 +128,7 @@ class CpuKernels(KernelLibrary):
         indices = csr.indices.astype(np.int64) * (pixels if offsets else 1)
         arrays = [csr.indptr.astype(np.int32), indices.astype(np.int32), csr.data.astype(np.float32)]
         if config.balance:
-            arrays.append(np.argsort(-np.diff(csr.indptr), kind="stable").astype(np.int32))
+            arrays.append(balanced_row_order(csr.indptr))
         kernel = csr_recombine_kernel(batch, n_inputs, pixels, rows, max(csr.nnz, 1), epilogue, lanes=self.lanes,
                                       block=config.block, balanced=config.balance, offsets=offsets)
         return KernelStep(kernel, name, arrays, out_shape, takes_epilogue=takes_epilogue)

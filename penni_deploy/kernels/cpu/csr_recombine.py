@@ -48,7 +48,7 @@ def csr_recombine_kernel(batch: int, n_maps: int, pixels: int, out_channels: int
         Pixels per step, in vector registers.
     balanced : bool
         Take an extra ``row_order (Cout,) int32`` argument (before the epilogue's) giving the order
-        in which tasks visit the rows, longest first.
+        in which tasks visit the rows (:func:`balanced_row_order`).
     offsets : bool
         ``indices`` hold each nonzero's map row premultiplied by ``pixels`` (its element offset in
         an image's ``M``). A row's step is then one scalar index load feeding the vector load's
@@ -95,6 +95,21 @@ def csr_recombine_kernel(batch: int, n_maps: int, pixels: int, out_channels: int
 
                 static_blocks(pixels, pixel_block, one_block)
     return ib.get()
+
+
+def balanced_row_order(indptr: np.ndarray) -> np.ndarray:
+    """The order in which a ``balanced`` kernel's tasks visit the rows: longest, shortest, second
+    longest, second shortest, ... (int32).
+
+    TVM hands each thread one contiguous range of a parallel loop's tasks, so a longest-first order
+    (right for a dynamic scheduler) would give the first thread every long row. Pairing long rows with
+    short ones gives every contiguous range, whatever the thread count, about the same nonzeros.
+    """
+    by_length = np.argsort(-np.diff(indptr), kind="stable")
+    order = np.empty_like(by_length)
+    order[0::2] = by_length[: (len(by_length) + 1) // 2]
+    order[1::2] = by_length[::-1][: len(by_length) // 2]
+    return order.astype(np.int32)
 
 
 #: Independent vector accumulators a row needs so that FMA latency (4 cycles) does not bound it.
