@@ -194,8 +194,8 @@ def format_bench_table(report: dict) -> str:
                if len(r.get("chunk_medians_ms", ())) > 1 and max(r["chunk_medians_ms"]) > DRIFT * min(r["chunk_medians_ms"])]
     if drifted:
         lines.append(f"the machine changed speed during these rows (slowest over fastest tenth of their timed runs: "
-                     f"{', '.join(drifted)}) with no process waiting for a core: a shared host's cores slowing "
-                     "down, not the engine; their medians vary from run to run")
+                     f"{', '.join(drifted)}): on a shared host, its cores slowing down or other processes (see "
+                     "cpu_wait), not the engine; their medians vary from run to run")
     parity = ", ".join(f"batch {b}: {e:.1e}" for b, e in report["parity_max_rel_error"].items())
     lines.append(f"penni-deploy vs PyTorch, max abs error / output scale: {parity}")
     waited = [f"{r['engine']} b{r['batch']} {r['cpu_wait']:.0%}" for r in report["results"]
