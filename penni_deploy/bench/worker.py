@@ -29,10 +29,9 @@ per-thread schedstat): near 0 on an idle machine, and the reason when two runs d
 A virtual machine's cores can also lose speed that no guest counter shows: on the 2-core development VM
 the same artifact ran 0.7 ms for seconds, then 1.6 ms for seconds, inside one process, with no steal
 time and no run-queue wait (its two vCPUs sharing one physical core for a while, most likely; a 2-thread
-NumPy matmul swung 126-178 GFLOP/s the same way). The timed runs are
-also cut into up to ``CHUNKS`` consecutive chunks whose medians the row keeps
-(``chunk_medians_ms``): when the fastest and the slowest differ by much, the machine changed speed during
-the row (``driver.DRIFT``). The median of all runs stays the reported latency: the lowest chunk median
+NumPy matmul swung 126-178 GFLOP/s the same way). The timed runs are also cut into up to ``CHUNKS``
+consecutive chunks whose medians the row keeps (``chunk_medians_ms``): when the fastest and the slowest
+differ by much, the machine changed speed during the row (``driver.DRIFT``). The median of all runs stays the reported latency: the lowest chunk median
 was tried as a steadier figure and agreed worse across three runs (ResNet18 batch 8: 4.4-6.3 ms, against
 5.9-6.8 ms for the median), since how fast the fastest stretch is varies too.
 """
