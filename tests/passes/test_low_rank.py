@@ -112,3 +112,18 @@ def test_basis_used_by_a_single_kernel_keeps_coefficients_sparse():
 
     assert factors is not None
     assert np.count_nonzero(factors.coefs) == np.count_nonzero(coefs)
+
+
+def test_near_parallel_kernels_do_not_become_an_ill_conditioned_basis():
+    # The three most shared kernel directions are a hair apart: as a basis they are exact in float64,
+    # but every other kernel then needs coefficients ~2e3 whose float32 rounding breaks the tolerance.
+    rng = np.random.default_rng(0)
+    u, v, w = rng.standard_normal((3, TAPS))
+    near = np.repeat(np.stack([u, u + 3e-3 * v, u + 3e-3 * w]), 8, axis=0)  # each shared by 8 kernels
+    others = rng.standard_normal((40, 3)) @ np.stack([u, v, w])
+    kernel = np.concatenate([near, others]).astype(np.float32)
+
+    factors = factor_kernel_matrix(kernel, max_bases=5)
+
+    assert factors is not None and factors.num_bases == 3
+    _assert_reconstructs(factors, kernel)
