@@ -45,6 +45,16 @@ class RegisterRows:
         T.buffer_store(self.rows[i], value, [j])
 
 
+def vector_pieces(width: int, lanes: int) -> list[tuple[int, int]]:
+    """``(offset, size)`` pieces of at most one vector register covering ``[0, width)``.
+
+    A value held in registers across a loop must be vectorized piece by piece: one loop over an odd
+    width (49 pixels of a 7×7 map) makes LLVM a ``<49 x float>`` vector, which it splits into single
+    lanes on every iteration (measured 3× slower on ResNet50's 7×7 recombination).
+    """
+    return [(start, min(lanes, width - start)) for start in range(0, width, lanes)]
+
+
 def static_blocks(extent: int, block: int, body: Callable[[object, int], None]) -> None:
     """Emit ``body(start, size)`` over ``[0, extent)`` in blocks of ``block`` plus one static tail.
 

@@ -5,10 +5,13 @@ each call site is one ``call`` through the ``__TVMBackendAllocWorkspace`` pointe
 
 import re
 
+import numpy as np
 import pytest
+import scipy.sparse
 import tvm
 
 from penni_deploy.kernels.cpu import basis_narrow_kernel, csr_recombine_kernel, gemm_conv_kernel
+from penni_deploy.kernels.cpu.csr_recombine import ell_recombine_kernel, unrolled_recombine_kernel
 from penni_deploy.plan import Epilogue
 from penni_deploy.plan.geometry import ConvGeometry
 
@@ -41,3 +44,25 @@ def test_narrow_basis_conv_holds_taps_without_workspace_calls(size, cpu_target):
     func = basis_narrow_kernel(geom, 32 * 5, 32)
     assert workspace_allocations(func, cpu_target.tvm_target) == []
 
+
+
+def widest_float_vector(func, target) -> int:
+    """Lanes of the widest ``<N x float>`` value in ``func``'s LLVM IR."""
+    ir = tvm.compile(tvm.IRModule({"main": func}), target=target).mod.inspect_source("ll")
+    return max(int(n) for n in re.findall(r"<(\d+) x float>", ir))
+
+
+@pytest.mark.parametrize("pixels", [49, 33, 98], ids=lambda p: f"P{p}")
+def test_odd_pixel_blocks_stay_in_whole_vectors(pixels, cpu_target):
+    # a 49-wide accumulator as one <49 x float> was split into single lanes on every nonzero (3× slower
+    # on ResNet50's 7×7 layers); vector_pieces keeps each piece one register wide
+    lanes = cpu_target.kernels.lanes
+    epilogue = Epilogue(bias=True, relu=True)
+    csr = scipy.sparse.random(32, 160, density=0.05, format="csr", random_state=0, dtype=np.float32)
+    kernels = {
+        "csr": csr_recombine_kernel(1, 160, pixels, 32, csr.nnz, epilogue, lanes=lanes, offsets=True),
+        "ell": ell_recombine_kernel(1, 160, pixels, 32, 9, epilogue, lanes=lanes),
+        "unrolled": unrolled_recombine_kernel(1, 160, pixels, csr, epilogue, lanes=lanes),
+    }
+    for name, func in kernels.items():
+        assert widest_float_vector(func, cpu_target.tvm_target) <= lanes, name

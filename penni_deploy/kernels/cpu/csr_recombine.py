@@ -26,7 +26,7 @@ from tvm.script.ir_builder import tirx as T
 from ...plan.epilogue import Epilogue
 from ..epilogue import apply_epilogue
 from ..signatures import csr_recombine_args, epilogue_args
-from ..tir_helpers import F32, I32, KERNEL_ATTRS, RegisterRows, pick_block, static_blocks
+from ..tir_helpers import F32, I32, KERNEL_ATTRS, RegisterRows, pick_block, static_blocks, vector_pieces
 
 
 def csr_recombine_kernel(batch: int, n_maps: int, pixels: int, out_channels: int, nnz: int,
@@ -131,14 +131,17 @@ def emit_sparse_row(size: int, start, end, entry, load, finish, *, lanes: int,
     registers. ``static_count`` (ELL: every row the same length) lets short rows unroll."""
     chains = chains_for(size, lanes)
     acc = RegisterRows(chains, size)
+    pieces = vector_pieces(size, lanes)
     for c in range(chains):
-        with T.vectorized(0, size) as v:
-            acc.store(T.float32(0), c, v)
+        for p0, width in pieces:
+            with T.vectorized(0, width) as v:
+                acc.store(T.float32(0), c, p0 + v)
 
     def accumulate(j, c):
         coef, m = entry(j)
-        with T.vectorized(0, size) as v:
-            acc.store(acc[c, v] + coef * load(m, v), c, v)
+        for p0, width in pieces:
+            with T.vectorized(0, width) as v:
+                acc.store(acc[c, p0 + v] + coef * load(m, p0 + v), c, p0 + v)
 
     if static_count is not None and static_count <= 8:
         for j in range(static_count):
@@ -153,8 +156,9 @@ def emit_sparse_row(size: int, start, end, entry, load, finish, *, lanes: int,
                 accumulate(start + r * chains + c, c)
         with T.serial(start + rounds * chains, end) as j:
             accumulate(j, 0)
-    with T.vectorized(0, size) as v:
-        finish(v, _sum([acc[c, v] for c in range(chains)]))
+    for p0, width in pieces:
+        with T.vectorized(0, width) as v:
+            finish(p0 + v, _sum([acc[c, p0 + v] for c in range(chains)]))
 
 
 def _emit_row_block(M, Y, bias, residual, epilogue, n, o, p0, size, start, end, entry, *, lanes: int,
@@ -257,20 +261,22 @@ def unrolled_recombine_kernel(batch: int, n_maps: int, pixels: int, csr: scipy.s
                     with T.If(chunk == k):
                         with T.Then():
                             _unrolled_rows(M, data, Y, bias, residual, epilogue, csr, rows, n, b, pixel_block,
-                                           pixels)
+                                           pixels, lanes)
     return ib.get()
 
 
-def _unrolled_rows(M, data, Y, bias, residual, epilogue, csr, rows, n, b, pixel_block, pixels):
+def _unrolled_rows(M, data, Y, bias, residual, epilogue, csr, rows, n, b, pixel_block, pixels, lanes):
     full, tail = divmod(pixels, pixel_block)
 
     def emit(p0, size):
         for o in rows:
             start, end = csr.indptr[o], csr.indptr[o + 1]
-            with T.vectorized(0, size) as v:
-                terms = [data[j] * M[n, int(csr.indices[j]), p0 + v] for j in range(start, end)]
-                value = _sum(terms) if terms else T.float32(0)
-                T.buffer_store(Y, apply_epilogue(epilogue, value, bias, residual, n, o, p0 + v), [n, o, p0 + v])
+            for q0, width in vector_pieces(size, lanes):
+                with T.vectorized(0, width) as v:
+                    p = p0 + q0 + v
+                    terms = [data[j] * M[n, int(csr.indices[j]), p] for j in range(start, end)]
+                    value = _sum(terms) if terms else T.float32(0)
+                    T.buffer_store(Y, apply_epilogue(epilogue, value, bias, residual, n, o, p), [n, o, p])
 
     if not tail:
         emit(b * pixel_block, pixel_block)
