@@ -12,6 +12,7 @@ import tvm
 
 from penni_deploy.kernels.cpu import basis_narrow_kernel, csr_recombine_kernel, gemm_conv_kernel
 from penni_deploy.kernels.cpu.csr_recombine import ell_recombine_kernel, unrolled_recombine_kernel
+from penni_deploy.kernels.cpu.fused_layer import fused_penni_kernel
 from penni_deploy.plan import Epilogue
 from penni_deploy.plan.geometry import ConvGeometry
 
@@ -45,7 +46,6 @@ def test_narrow_basis_conv_holds_taps_without_workspace_calls(size, cpu_target):
     assert workspace_allocations(func, cpu_target.tvm_target) == []
 
 
-
 def widest_float_vector(func, target) -> int:
     """Lanes of the widest ``<N x float>`` value in ``func``'s LLVM IR."""
     ir = tvm.compile(tvm.IRModule({"main": func}), target=target).mod.inspect_source("ll")
@@ -64,5 +64,8 @@ def test_odd_pixel_blocks_stay_in_whole_vectors(pixels, cpu_target):
         "ell": ell_recombine_kernel(1, 160, pixels, 32, 9, epilogue, lanes=lanes),
         "unrolled": unrolled_recombine_kernel(1, 160, pixels, csr, epilogue, lanes=lanes),
     }
+    if pixels == 49:  # the fused layer's 7-row tile of a 7×7 map
+        geom = ConvGeometry(1, 32, 7, 7, 3, 3, (1, 1), (1, 1, 1, 1))
+        kernels["fused"] = fused_penni_kernel(geom, 160, 32, 32, csr.nnz, epilogue, lanes=lanes, tile_rows=8)
     for name, func in kernels.items():
         assert widest_float_vector(func, cpu_target.tvm_target) <= lanes, name
