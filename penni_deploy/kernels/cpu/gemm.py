@@ -30,7 +30,7 @@ from tvm.script.ir_builder import tirx as T
 from ...plan.epilogue import Epilogue
 from ...plan.geometry import ConvGeometry
 from ..epilogue import apply_epilogue
-from ..tir_helpers import F32, I32, KERNEL_ATTRS, RegisterRows
+from ..tir_helpers import F32, I32, KERNEL_ATTRS, RegisterRows, vector_pieces
 
 ORIENTATIONS = ("pixels", "channels")
 
@@ -100,7 +100,7 @@ def emit_tile(rows: int, cols: int, depth: int, a_at: Callable, b_at: Callable, 
     vectorized loop. (One ``cols``-wide loop would make LLVM vectors like <48 x float>, which it
     splits into scalars and keeps on the stack: 20× slower.)
     """
-    pieces = [(c0, min(lanes, cols - c0)) for c0 in range(0, cols, lanes)]
+    pieces = vector_pieces(cols, lanes)
     acc = RegisterRows(rows, cols)
     for i in range(rows):
         for c0, width in pieces:
