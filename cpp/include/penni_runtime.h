@@ -70,9 +70,12 @@ class Model {
   const TensorSpec& output() const;
   // "cpu" or "cuda": where the model runs (the artifact's target device).
   const std::string& device() const;
-  // Threads TVM's CPU thread pool uses.
+  // Threads the CPU kernels run on.
   int threads() const;
+  // "penni" when the kernels run on the artifact's own thread pool, "tvm" when on TVM's.
+  const char* thread_pool() const;
 
+  // Not for two threads at once (the VM keeps its call frames in the model): use a Model per thread.
   // Run one inference: `input` holds input().NumElements() floats in C order, `output` receives
   // output().NumElements() floats. Counts that differ from the specs throw penni::Error.
   void Run(const float* input, size_t input_count, float* output, size_t output_count);

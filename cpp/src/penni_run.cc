@@ -96,8 +96,9 @@ int Run(const Arguments& args) {
   std::vector<float> y(model.output().NumElements());
   model.Run(x.data.data(), x.data.size(), y.data(), y.size());
   penni::detail::WriteNpy(args.positional[2], model.output().shape, y.data());
-  std::fprintf(stderr, "wrote %s: shape %s, dtype float32 (%s, %d threads)\n", args.positional[2].c_str(),
-               ShapeText(model.output().shape).c_str(), model.device().c_str(), model.threads());
+  std::fprintf(stderr, "wrote %s: shape %s, dtype float32 (%s, %d threads, %s pool)\n",
+               args.positional[2].c_str(), ShapeText(model.output().shape).c_str(), model.device().c_str(),
+               model.threads(), model.thread_pool());
   if (args.repeat > 0) {
     std::vector<double> ms;
     for (int i = 0; i < args.repeat; ++i) {

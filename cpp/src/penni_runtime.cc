@@ -254,9 +254,24 @@ void ConfigureThreads(int threads) {
   }
 }
 
+// A CPU artifact's library carries its own thread pool (penni_deploy/artifact/thread_pool.cc):
+// point its kernels at it with `threads` threads. Returns the count, or 0 when the library keeps
+// TVM's pool (built before the pool existed, no parallel loops, or PENNI_THREAD_POOL=tvm).
+int InstallThreadPool(const std::string& path, int threads) {
+  const char* choice = std::getenv("PENNI_THREAD_POOL");
+  if (choice && std::string(choice) == "tvm") return 0;
+  void* handle = dlopen(path.c_str(), RTLD_LAZY | RTLD_NOLOAD);  // the copy TVM loaded, never a second
+  if (!handle) return 0;
+  auto install = reinterpret_cast<int (*)(int)>(dlsym(handle, "penni_pool_install"));
+  int installed = install ? install(threads) : 0;
+  dlclose(handle);  // drops only our reference: TVM's keeps the library loaded
+  return installed;
+}
+
 // dlopen needs a file: write the (already verified) library into a folder only we can read, load
-// it, and remove both; the mapping outlives the file.
-ffi::Module LoadLibrary(const std::string& artifact, const std::string& library) {
+// it, and remove both; the mapping outlives the file. A CPU library gets its thread pool
+// (`pool_threads` in, the count installed or 0 out).
+ffi::Module LoadLibrary(const std::string& artifact, const std::string& library, int* pool_threads) {
   const char* tmpdir = std::getenv("TMPDIR");
   std::string pattern = std::string(tmpdir && *tmpdir ? tmpdir : "/tmp") + "/penni-load-XXXXXX";
   std::vector<char> folder(pattern.begin(), pattern.end());
@@ -277,6 +292,7 @@ ffi::Module LoadLibrary(const std::string& artifact, const std::string& library)
   }
   try {
     ffi::Module module = ffi::Module::LoadFromFile(path);
+    *pool_threads = *pool_threads > 0 ? InstallThreadPool(path, *pool_threads) : 0;
     cleanup();
     return module;
   } catch (const ffi::Error& e) {
@@ -306,6 +322,7 @@ struct Model::Impl {
   ffi::Module vm{ffi::UnsafeInit()};
   ffi::Function main, alloc, copy_in, copy_out;
   int threads = 1;
+  bool own_pool = false;
 };
 
 Model::Model(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
@@ -317,6 +334,7 @@ const TensorSpec& Model::input() const { return impl_->manifest.inputs[0]; }
 const TensorSpec& Model::output() const { return impl_->manifest.outputs[0]; }
 const std::string& Model::device() const { return impl_->manifest.device; }
 int Model::threads() const { return impl_->threads; }
+const char* Model::thread_pool() const { return impl_->own_pool ? "penni" : "tvm"; }
 
 Model Model::Load(const std::string& path, const LoadOptions& options) {
   // Everything up to LoadLibrary reads bytes only: no native code from the artifact runs before
@@ -348,7 +366,8 @@ Model Model::Load(const std::string& path, const LoadOptions& options) {
 
   ConfigureThreads(options.threads);
   impl->device = DLDevice{m.device == "cuda" ? kDLCUDA : kDLCPU, 0};
-  impl->executable = LoadLibrary(path, library);
+  int pool_threads = impl->device.device_type == kDLCPU ? std::atoi(std::getenv("TVM_NUM_THREADS")) : 0;
+  impl->executable = LoadLibrary(path, library, &pool_threads);
   try {
     // As tvm.runtime.vm.VirtualMachine: the executable makes a VM, which gets the device and,
     // when that is a GPU, the host CPU too (shape functions run there), each with a pooled allocator.
@@ -368,7 +387,9 @@ Model Model::Load(const std::string& path, const LoadOptions& options) {
     impl->alloc = ffi::Function::GetGlobalRequired("runtime.TVMTensorAllocWithScope");
     impl->copy_in = ffi::Function::GetGlobalRequired("runtime.TVMTensorCopyFromBytes");
     impl->copy_out = ffi::Function::GetGlobalRequired("runtime.TVMTensorCopyToBytes");
-    impl->threads = ffi::Function::GetGlobalRequired("runtime.NumThreads")().cast<int>();
+    impl->own_pool = pool_threads > 0;
+    impl->threads = pool_threads > 0 ? pool_threads
+                                     : ffi::Function::GetGlobalRequired("runtime.NumThreads")().cast<int>();
   } catch (const ffi::Error& e) {
     std::string message = e.message();
     throw Error("cannot start the model in " + path + ": " + message.substr(0, message.find('\n')));

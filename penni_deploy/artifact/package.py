@@ -21,6 +21,15 @@ from .fatbin import embedded_architectures
 from .manifest import LIBRARY_NAME, MANIFEST_NAME, Manifest
 
 
+#: Compiled into every CPU artifact's library: the thread pool its kernels run on (see the file).
+THREAD_POOL_SOURCE = os.path.join(os.path.dirname(__file__), "thread_pool.cc")
+
+
+def export_library(executable, lib_path: str, *, cpu: bool) -> None:
+    """Link ``executable`` into the shared library ``lib_path``; a CPU library gets our thread pool."""
+    executable.export_library(lib_path, addons=[THREAD_POOL_SOURCE] if cpu else None)
+
+
 def write_artifact(path: str, executable, manifest: Manifest) -> Manifest:
     """Export ``executable`` and write it with ``manifest`` (library fields filled in) to ``path``."""
     path = check_output_file(path, "-o", create_folders=True)
@@ -31,7 +40,7 @@ def write_artifact(path: str, executable, manifest: Manifest) -> Manifest:
         raise OutputPathError(f"cannot create the folder of -o {path}: {exc}") from None
     with tempfile.TemporaryDirectory(prefix="penni-export-") as tmp:
         lib_path = os.path.join(tmp, LIBRARY_NAME)
-        executable.export_library(lib_path)
+        export_library(executable, lib_path, cpu=manifest.target.get("device") != "cuda")
         with open(lib_path, "rb") as f:
             library = f.read()
     library_info = {"file": LIBRARY_NAME, "sha256": hashlib.sha256(library).hexdigest(), "bytes": len(library)}

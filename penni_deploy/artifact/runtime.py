@@ -14,6 +14,7 @@ from __future__ import annotations
 import hashlib
 import os
 import tempfile
+import threading
 import zipfile
 import zlib
 from dataclasses import dataclass
@@ -235,11 +236,18 @@ class CompiledModel:
                 lib = tvm.runtime.load_module(lib_path)
             except Exception as exc:
                 raise ArtifactError(f"cannot load the library in {path}: {exc}") from None
+            # Our pool when the library has one; otherwise TVM's, configured on each call.
+            self._pool = thread_count.install_pool(lib_path, self.threads) if device_kind == "cpu" else None
             release_embedded_executable(lib_path)
         self.device = tvm.device(device_kind, 0)
         if not self.device.exist:
             raise ArtifactError(f"no {device_kind} device is available to run {path}")
         self._vm = VirtualMachine(lib, self.device)
+        # A Relax VM keeps its call frames in itself: two threads calling one VM corrupt each other's
+        # registers. Each further calling thread gets its own VM over the same loaded library.
+        self._lib, self._make_vm = lib, VirtualMachine
+        self._vms = threading.local()
+        self._vms.vm = self._vm
         self._tvm = tvm
         spec = self.manifest.inputs[0]
         self.input_shape, self.input_dtype = tuple(spec.shape), spec.dtype
@@ -254,17 +262,40 @@ class CompiledModel:
             raise InputSpecError(f"input shape is {tuple(array.shape)} but the model was compiled for "
                                  f"{self.input_shape}; recompile with --input-shape "
                                  f"{','.join(map(str, array.shape))} or reshape the input")
-        thread_count.use_threads(self.threads)
-        out = self._vm["main"](self._tvm.runtime.tensor(np.ascontiguousarray(array), self.device))
+        self._use_threads()
+        out = self._thread_vm()["main"](self._tvm.runtime.tensor(np.ascontiguousarray(array), self.device))
         return out.numpy()
+
+    @property
+    def thread_pool(self) -> str:
+        """``penni`` when the kernels run on the library's own pool, else ``tvm``."""
+        return "penni" if self._pool is not None else "tvm"
+
+    @property
+    def running_threads(self) -> int:
+        """Threads the pool that runs the kernels uses now (what ``threads`` reached)."""
+        if self._pool is not None:
+            return int(self._pool.penni_pool_threads())
+        self._use_threads()
+        return thread_count.runtime_threads()
+
+    def _thread_vm(self):
+        vm = getattr(self._vms, "vm", None)
+        if vm is None:
+            vm = self._vms.vm = self._make_vm(self._lib, self.device)
+        return vm
+
+    def _use_threads(self) -> None:
+        if self._pool is None:
+            thread_count.use_threads(self.threads)
 
     def benchmark_callable(self):
         """A zero-argument function running one inference on a fixed device-resident input."""
         x = self._tvm.runtime.tensor(np.zeros(self.input_shape, self.input_dtype), self.device)
-        main = self._vm["main"]
+        main = self._thread_vm()["main"]
 
         def run():
-            thread_count.use_threads(self.threads)
+            self._use_threads()
             main(x)
             self.device.sync()
 

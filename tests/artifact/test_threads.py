@@ -82,16 +82,17 @@ def test_our_own_pool_setting_is_not_taken_for_the_users(monkeypatch):
 _PROBE = """
 import json, sys
 import penni_deploy
-from penni_deploy.artifact.threads import runtime_threads
 kwargs = json.loads(sys.argv[2])
 model = penni_deploy.load(sys.argv[1], **kwargs)
 model(__import__("numpy").zeros(model.input_shape, "float32"))
-print(json.dumps({"resolved": model.threads, "tvm": runtime_threads()}))
+print(json.dumps({"resolved": model.threads, "running": model.running_threads, "pool": model.thread_pool}))
 """
 
 
-def _probe(artifact, env_threads=None, **kwargs):
-    env = {k: v for k, v in os.environ.items() if k not in ("TVM_NUM_THREADS", "OMP_NUM_THREADS")}
+def _probe(artifact, env_threads=None, pool=None, **kwargs):
+    env = {k: v for k, v in os.environ.items() if k not in ("TVM_NUM_THREADS", "OMP_NUM_THREADS", threads.POOL_ENV)}
+    if pool is not None:
+        env[threads.POOL_ENV] = pool
     if env_threads is not None:
         env["TVM_NUM_THREADS"] = str(env_threads)
     proc = subprocess.run([sys.executable, "-c", _PROBE, str(artifact), json.dumps(kwargs)], env=env,
@@ -101,13 +102,16 @@ def _probe(artifact, env_threads=None, **kwargs):
 
 def test_a_fresh_process_runs_on_every_usable_core(artifact):
     # TVM alone would take half the cores on x86; the loader must not.
-    assert _probe(artifact) == {"resolved": available_cores(), "tvm": available_cores()}
+    cores = available_cores()
+    assert _probe(artifact) == {"resolved": cores, "running": cores, "pool": "penni"}
+    assert _probe(artifact, pool="tvm") == {"resolved": cores, "running": cores, "pool": "tvm"}
 
 
-def test_threads_argument_and_environment_reach_the_pool(artifact):
-    assert _probe(artifact, threads=1) == {"resolved": 1, "tvm": 1}
-    assert _probe(artifact, env_threads=1) == {"resolved": 1, "tvm": 1}
-    assert _probe(artifact, env_threads=1, threads=2)["resolved"] == 2
+@pytest.mark.parametrize("pool", ["penni", "tvm"])
+def test_threads_argument_and_environment_reach_the_pool(artifact, pool):
+    assert _probe(artifact, pool=pool, threads=1) == {"resolved": 1, "running": 1, "pool": pool}
+    assert _probe(artifact, pool=pool, env_threads=1) == {"resolved": 1, "running": 1, "pool": pool}
+    assert _probe(artifact, pool=pool, env_threads=1, threads=2)["resolved"] == 2
 
 
 def test_run_threads_option(artifact, tmp_path, capsys):

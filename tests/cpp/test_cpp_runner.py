@@ -117,8 +117,12 @@ def test_threads_default_to_usable_cores_and_can_be_set(runner, tiny, tmp_path):
     default = penni_run(runner, tiny["artifact"], tiny["x"], tmp_path / "y.npy", env={"TVM_NUM_THREADS": None})
     assert f"{len(os.sched_getaffinity(0))} threads" in default.stderr, default.stderr
     one = penni_run(runner, tiny["artifact"], tiny["x"], tmp_path / "y1.npy", "--threads", "1")
-    assert "(cpu, 1 threads)" in one.stderr, one.stderr
+    assert "(cpu, 1 threads, penni pool)" in one.stderr, one.stderr
     np.testing.assert_array_equal(np.load(tmp_path / "y1.npy"), np.load(tmp_path / "y.npy"))
+    tvm_pool = penni_run(runner, tiny["artifact"], tiny["x"], tmp_path / "y2.npy", "--threads", "2",
+                         env={"PENNI_THREAD_POOL": "tvm"})
+    assert "(cpu, 2 threads, tvm pool)" in tvm_pool.stderr, tvm_pool.stderr
+    np.testing.assert_array_equal(np.load(tmp_path / "y2.npy"), np.load(tmp_path / "y.npy"))
 
 
 def test_signed_artifact_runs_with_its_key(runner, tiny, keys, tmp_path):
