@@ -8,20 +8,11 @@ import zipfile
 import numpy as np
 import pytest
 import torch
-from tiny_models import TINY_SHAPE, save_pt2, tiny_model
+from tiny_models import TINY_SHAPE, save_pt2
 
 import penni_deploy
 from penni_deploy.artifact.runtime import _missing_cpu_features
 from penni_deploy.errors import ArtifactError, InputSpecError
-
-
-@pytest.fixture(scope="module")
-def artifact(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("artifact")
-    model = save_pt2(tiny_model(), folder / "tiny.pt2")
-    out = folder / "tiny.penni"
-    penni_deploy.compile_model(str(model), str(out))
-    return out
 
 
 def rewrite(src, dst, manifest_edit=None, library_edit=None):

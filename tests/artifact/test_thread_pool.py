@@ -10,20 +10,11 @@ import threading
 import numpy as np
 import pytest
 import tvm
-from tiny_models import save_pt2, tiny_model
 
 import penni_deploy
 from penni_deploy.artifact import threads
 from penni_deploy.artifact.package import export_library
 from penni_deploy.errors import InputSpecError
-
-
-@pytest.fixture(scope="module")
-def artifact(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("pool")
-    out = folder / "tiny.penni"
-    penni_deploy.compile_model(str(save_pt2(tiny_model(), folder / "tiny.pt2")), str(out))
-    return out
 
 
 @pytest.fixture

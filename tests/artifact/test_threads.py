@@ -8,21 +8,13 @@ import sys
 
 import numpy as np
 import pytest
-from tiny_models import TINY_SHAPE, save_pt2, tiny_model
+from tiny_models import TINY_SHAPE
 
 import penni_deploy
 from penni_deploy.artifact import threads
 from penni_deploy.cli import main
 from penni_deploy.errors import InputSpecError
 from penni_deploy.machine import available_cores, cgroup_cpu_limit
-
-
-@pytest.fixture(scope="module")
-def artifact(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("threads")
-    out = folder / "tiny.penni"
-    penni_deploy.compile_model(str(save_pt2(tiny_model(), folder / "tiny.pt2")), str(out))
-    return out
 
 
 def _cgroup(tmp_path, files):
