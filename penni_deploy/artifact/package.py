@@ -28,7 +28,7 @@ THREAD_POOL_SOURCE = os.path.join(os.path.dirname(__file__), "thread_pool.cc")
 def export_library(executable, lib_path: str, *, cpu: bool) -> None:
     """Link ``executable`` into the shared library ``lib_path``; a CPU library gets our thread pool."""
     if cpu:  # the options reach only our source: TVM's kernels arrive as compiled objects
-        executable.export_library(lib_path, addons=[THREAD_POOL_SOURCE], options=["-O2", "-pthread"])
+        executable.export_library(lib_path, addons=[THREAD_POOL_SOURCE], options=["-O2", "-pthread", "-ldl"])
     else:
         executable.export_library(lib_path)
 

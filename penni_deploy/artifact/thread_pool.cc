@@ -17,6 +17,7 @@
 // worker i has finished the job in it. A second thread launching while a launch is in flight runs
 // its tasks itself, one after another, rather than waiting.
 
+#include <dlfcn.h>
 #include <immintrin.h>
 #include <linux/futex.h>
 #include <pthread.h>
@@ -28,6 +29,15 @@
 #include <unistd.h>
 
 #include <atomic>
+
+// Bind to the oldest versions of the glibc functions we call. Linked on a glibc >= 2.34 they would
+// otherwise carry version GLIBC_2.34 (where libpthread and libdl moved into libc), and the artifact
+// would not load on the older systems TVM's runtime wheel supports (manylinux_2_27).
+__asm__(".symver pthread_create,pthread_create@GLIBC_2.2.5");
+__asm__(".symver pthread_mutex_trylock,pthread_mutex_trylock@GLIBC_2.2.5");
+__asm__(".symver pthread_once,pthread_once@GLIBC_2.2.5");
+__asm__(".symver dladdr,dladdr@GLIBC_2.2.5");
+__asm__(".symver dlopen,dlopen@GLIBC_2.2.5");
 
 extern "C" {
 typedef struct {
@@ -179,6 +189,12 @@ __attribute__((visibility("default"))) int penni_pool_launch(FTVMParallelLambda 
 // that use TVM's barrier).
 __attribute__((visibility("default"))) int penni_pool_install(int threads) {
   if (&__TVMBackendParallelLaunch == nullptr || &__TVMBackendParallelBarrier != nullptr) return 0;
+  // The workers run code of this library until the process ends: never let it be unloaded under
+  // them (TVM 0.27 does not unload libraries today; this keeps it so).
+  Dl_info self;
+  if (dladdr(reinterpret_cast<void*>(&penni_pool_install), &self) != 0 && self.dli_fname != nullptr) {
+    dlopen(self.dli_fname, RTLD_LAZY | RTLD_NOLOAD | RTLD_NODELETE);
+  }
   static pthread_once_t fork_handler_once = PTHREAD_ONCE_INIT;
   pthread_once(&fork_handler_once, [] { pthread_atfork(nullptr, nullptr, ForgetWorkersAfterFork); });
   pthread_mutex_lock(&launch_lock);

@@ -5,7 +5,9 @@ import json
 import os
 import subprocess
 import sys
+import re
 import threading
+import zipfile
 
 import numpy as np
 import pytest
@@ -134,3 +136,12 @@ def test_the_pool_runs_every_task_of_a_parallel_loop(tmp_path):
     assert pool.penni_pool_launches() == 50
     # Not loaded by TVM (no such file loaded): nothing to install into, no second copy loaded.
     assert threads.install_pool(json.__file__, 2) is None
+
+
+def test_the_library_loads_on_the_glibc_tvms_runtime_supports(artifact):
+    # TVM's runtime wheel is manylinux_2_27; the pool must not raise that (linked on a glibc >= 2.34,
+    # pthread_create and dlopen default to version GLIBC_2.34).
+    with zipfile.ZipFile(artifact) as z:
+        library = z.read("model.so")
+    needed = {tuple(int(p) for p in v.split(b".")) for v in re.findall(rb"GLIBC_(\d+\.\d+(?:\.\d+)?)", library)}
+    assert needed and max(needed) <= (2, 27), sorted(needed)
