@@ -70,6 +70,9 @@ InputShape = Annotated[Optional[str], typer.Option(help="Input shape N,C,H,W whe
 Target = Annotated[str, typer.Option(help="Compilation target.")]
 Mcpu = Annotated[Optional[str], typer.Option(help="CPU to build for (LLVM name, e.g. skylake-avx512); default: this host.")]
 Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="No progress output.")]
+Precision = Annotated[str, typer.Option(
+    help="fp32, or bf16 (x86 with AVX512_BF16): dense convs and Linear multiply bf16-rounded weights and "
+         "activations, summing in float32; PENNI layers, input and output stay float32.")]
 
 
 @app.command()
@@ -78,6 +81,7 @@ def compile(  # noqa: A001 - the command is called compile
     output: Annotated[Path, typer.Option("-o", "--output", help="Artifact to write.")] = Path("model.penni"),
     target: Target = "x86",
     mcpu: Mcpu = None,
+    precision: Precision = "fp32",
     arch: Arch = None,
     trust_pickle: TrustPickle = False,
     input_shape: InputShape = None,
@@ -95,7 +99,8 @@ def compile(  # noqa: A001 - the command is called compile
     check_output_file(output, "-o", create_folders=True)  # before minutes of compiling, not after
     model_arch, gpu_arch = _split_arch(arch)
     options = CompileOptions(target=target, mcpu=mcpu, gpu_arch=gpu_arch, pipeline=pipeline,
-                             tuning_db=str(tuning_db) if tuning_db else None)
+                             tuning_db=str(tuning_db) if tuning_db else None, precision=precision)
+    options.make_target()  # an unsupported --precision or --mcpu fails here, before loading the model
     progress = Progress(quiet, stages=COMPILE_STAGES, label="compile")
     with progress.activate():
         manifest = compile_model(str(model), str(output), arch=model_arch, trust_pickle=trust_pickle,
@@ -112,6 +117,7 @@ def tune(
                                                   "exists).")],
     target: Target = "x86",
     mcpu: Mcpu = None,
+    precision: Precision = "fp32",
     arch: Arch = None,
     trust_pickle: TrustPickle = False,
     input_shape: InputShape = None,
@@ -135,7 +141,7 @@ def tune(
         raise InputSpecError("--trials must be >= 1 and --dense-trials >= 0")
     check_output_folder(db, "--db")
     model_arch, gpu_arch = _split_arch(arch)
-    target_obj = CompileOptions(target=target, mcpu=mcpu, gpu_arch=gpu_arch).make_target()
+    target_obj = CompileOptions(target=target, mcpu=mcpu, gpu_arch=gpu_arch, precision=precision).make_target()
     progress = Progress(quiet)
     with progress.activate():
         progress(f"loading {model}")
@@ -237,6 +243,7 @@ def inspect(
     t = manifest.target
     typer.echo(f"artifact     {artifact} (format {manifest.format_version}, {manifest.producer}, {manifest.created})")
     typer.echo(f"target       {t.get('name')} {t.get('mcpu', '')} {t.get('isa', '')}  TVM {manifest.tvm_version}")
+    typer.echo(f"precision    {t.get('precision', 'fp32')}")
     for spec in manifest.inputs:
         typer.echo(f"input        {spec.name} {spec.dtype}{spec.shape}")
     for spec in manifest.outputs:
@@ -295,6 +302,7 @@ def bench(
     model: Annotated[Path, typer.Argument(help="Model file, as for compile.")],
     target: Target = "x86",
     mcpu: Mcpu = None,
+    precision: Precision = "fp32",
     arch: Arch = None,
     trust_pickle: TrustPickle = False,
     input_shape: InputShape = None,
@@ -320,7 +328,8 @@ def bench(
     options = BenchOptions(batches=_int_list(batch, "--batch"), threads=threads or available_cores(),
                            repeat=repeat, min_repeat=min(20, repeat), min_seconds=seconds, device=device,
                            compile=CompileOptions(target=target, mcpu=mcpu, gpu_arch=gpu_arch,
-                                                  tuning_db=str(tuning_db) if tuning_db else None), peers=peers)
+                                                  tuning_db=str(tuning_db) if tuning_db else None,
+                                                  precision=precision), peers=peers)
     report = run_bench(str(model), arch=model_arch, trust_pickle=trust_pickle, input_shape=_shape(input_shape),
                        options=options, progress=Progress())
     typer.echo(format_bench_table(report))

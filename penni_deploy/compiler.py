@@ -53,6 +53,9 @@ class CompileOptions:
     tuning_db : str, optional
         A folder written by ``penni-deploy tune``: each layer then uses its fastest measured
         kernels (the cost model decides for layers the database does not know).
+    precision : str
+        ``fp32``, or ``bf16`` (x86 with AVX512_BF16): the dense layers multiply bf16-rounded
+        operands into float32 sums; see ``targets.x86.X86Target``.
     """
 
     target: str = "x86"
@@ -61,9 +64,10 @@ class CompileOptions:
     pipeline: str = "penni"
     passes: PipelineOptions = field(default_factory=PipelineOptions)
     tuning_db: str | None = None
+    precision: str = "fp32"
 
     def make_target(self):
-        return get_target(self.target, mcpu=self.mcpu, arch=self.gpu_arch)
+        return get_target(self.target, mcpu=self.mcpu, arch=self.gpu_arch, precision=self.precision)
 
 
 @dataclass(frozen=True, eq=False)

@@ -25,10 +25,16 @@ from .manifest import LIBRARY_NAME, MANIFEST_NAME, Manifest
 THREAD_POOL_SOURCE = os.path.join(os.path.dirname(__file__), "thread_pool.cc")
 
 
-def export_library(executable, lib_path: str, *, cpu: bool) -> None:
-    """Link ``executable`` into the shared library ``lib_path``; a CPU library gets our thread pool."""
-    if cpu:  # the options reach only our source: TVM's kernels arrive as compiled objects
-        executable.export_library(lib_path, addons=[THREAD_POOL_SOURCE], options=["-O2", "-pthread", "-ldl"])
+def export_library(executable, lib_path: str, *, cpu: bool, native: bool = False) -> None:
+    """Link ``executable`` into the shared library ``lib_path``; a CPU library gets our thread pool,
+    and with ``native`` the C micro-kernels its kernels call (``kernels/cpu/native``)."""
+    if cpu:  # the options reach only our sources: TVM's kernels arrive as compiled objects
+        addons = [THREAD_POOL_SOURCE]
+        if native:
+            from ..kernels.cpu.native import SOURCES
+
+            addons += SOURCES  # a fresh list per call: export_library appends to it
+        executable.export_library(lib_path, addons=addons, options=["-O2", "-pthread", "-ldl"])
     else:
         executable.export_library(lib_path)
 
@@ -43,7 +49,8 @@ def write_artifact(path: str, executable, manifest: Manifest) -> Manifest:
         raise OutputPathError(f"cannot create the folder of -o {path}: {exc}") from None
     with tempfile.TemporaryDirectory(prefix="penni-export-") as tmp:
         lib_path = os.path.join(tmp, LIBRARY_NAME)
-        export_library(executable, lib_path, cpu=manifest.target.get("device") != "cuda")
+        export_library(executable, lib_path, cpu=manifest.target.get("device") != "cuda",
+                       native=manifest.target.get("precision", "fp32") != "fp32")
         with open(lib_path, "rb") as f:
             library = f.read()
     library_info = {"file": LIBRARY_NAME, "sha256": hashlib.sha256(library).hexdigest(), "bytes": len(library)}

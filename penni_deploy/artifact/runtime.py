@@ -125,8 +125,9 @@ def _runtime_problems(manifest: Manifest, device: str | None) -> list[str]:
         missing = _missing_cpu_features(manifest.target)
         if missing:
             problems.append(f"artifact was built for CPU {manifest.target.get('mcpu')} "
-                            f"({manifest.target.get('isa')}) but this CPU lacks {', '.join(missing)}; "
-                            "recompile for this machine (penni-deploy compile without --mcpu)")
+                            f"({manifest.target.get('isa')}, {manifest.target.get('precision', 'fp32')}) but this "
+                            f"CPU lacks {', '.join(missing)}; recompile for this machine (penni-deploy compile "
+                            "without --mcpu" + (", with --precision fp32" if "avx512_bf16" in missing else "") + ")")
     return problems
 
 
@@ -186,6 +187,8 @@ def gpu_code_runs_on(code: list[str], capability: int) -> bool:
 def _missing_cpu_features(target: dict[str, Any], flags: list[str] | None = None) -> list[str]:
     """CPU features the artifact's ISA needs that this CPU (or ``flags``) lacks."""
     needed = {"avx512": ["avx512f"], "avx2": ["avx2", "fma"]}.get(target.get("isa", ""), [])
+    if target.get("precision") == "bf16":
+        needed = needed + ["avx512_bf16"]
     if flags is None:
         flags = _host_cpu_flags()
     if flags is None:

@@ -106,6 +106,11 @@ def run_bench(path: str, *, arch: str | None = None, trust_pickle: bool = False,
                 artifacts["penni-deploy-untuned"] = os.path.join(tmp, f"penni-untuned-b{batch}.penni")
                 compile_loaded(loaded, artifacts["penni-deploy-untuned"], input_shape=shape,
                                options=replace(options.compile, tuning_db=None))
+            if options.compile.precision != "fp32":  # what the reduced precision gained over our own fp32
+                progress(f"batch {batch}: compiling penni-deploy in fp32")
+                artifacts["penni-deploy-fp32"] = os.path.join(tmp, f"penni-fp32-b{batch}.penni")
+                compile_loaded(loaded, artifacts["penni-deploy-fp32"], input_shape=shape,
+                               options=replace(options.compile, precision="fp32"))
             progress(f"batch {batch}: compiling TVM without the PENNI passes")
             artifacts["tvm-dense"] = os.path.join(tmp, f"dense-b{batch}.penni")
             dense_options = replace(options.compile, pipeline="dense")
@@ -131,7 +136,8 @@ def run_bench(path: str, *, arch: str | None = None, trust_pickle: bool = False,
                 results.append(engine)
             for name, artifact in artifacts.items():
                 progress(f"batch {batch}: measuring {name}")
-                results.append({"engine": name, "batch": batch, "precision": "fp32",
+                precision = "fp32" if name == "penni-deploy-fp32" else options.compile.precision
+                results.append({"engine": name, "batch": batch, "precision": precision,
                                 **run_worker(worker_spec(options, "tvm", artifact, shape, device, check))})
             if engines:
                 results.extend(measure_peers(networks, shape, options, tmp, x=x, engines=engines, progress=progress))

@@ -24,19 +24,22 @@ def _cuda(**options) -> Target:
 # Name -> (factory, the options it takes). Factories import lazily so that e.g. GPU tooling is only
 # loaded when asked for.
 TARGET_FACTORIES = {
-    "x86": (_x86, ("mcpu",)),
+    "x86": (_x86, ("mcpu", "precision")),
     "cuda": (_cuda, ("arch",)),
 }
 
 # How each option is spelled on the command line, for error messages.
-_FLAGS = {"mcpu": "--mcpu", "arch": "--arch sm_XX"}
+_FLAGS = {"mcpu": "--mcpu", "arch": "--arch sm_XX", "precision": "--precision"}
 
 
 def get_target(name: str, **options) -> Target:
-    """The target called ``name`` (``x86``, ``cuda``), with target-specific ``options`` (``mcpu``, ``arch``)."""
+    """The target called ``name`` (``x86``, ``cuda``), with target-specific ``options`` (``mcpu``,
+    ``precision``, ``arch``)."""
     if name not in TARGET_FACTORIES:
         raise TargetError(f"unknown target {name!r}; choose one of: {', '.join(TARGET_FACTORIES)}")
     factory, accepted = TARGET_FACTORIES[name]
+    if options.get("precision") == "fp32":  # every target's default
+        options = {k: v for k, v in options.items() if k != "precision"}
     for option, value in options.items():
         if value is not None and option not in accepted:
             users = [t for t, (_, opts) in TARGET_FACTORIES.items() if option in opts]

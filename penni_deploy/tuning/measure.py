@@ -237,7 +237,12 @@ class RpcRunner:
         name = f"penni-layer-{os.getpid()}-{self._uploads}.so"
         with tempfile.TemporaryDirectory(prefix="penni-rpc-") as tmp:
             path = os.path.join(tmp, name)
-            executable.export_library(path)
+            if device == "cpu":  # bf16 kernels call a C micro-kernel the library must carry
+                from ..kernels.cpu.native import SOURCES
+
+                executable.export_library(path, addons=list(SOURCES), options=["-O2"])
+            else:
+                executable.export_library(path)
             remote.upload(path)
         module = remote.load_module(name)
         dev = remote.device(device, 0)

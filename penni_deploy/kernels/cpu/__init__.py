@@ -26,6 +26,7 @@ from .gemm import (
     pack_weights,
     pick_orientation,
 )
+from . import bf16
 from .fused_layer import fused_penni_kernel
 
 #: Beyond this many nonzeros a pattern-specialized kernel takes too long to compile for its gain.
@@ -33,13 +34,15 @@ MAX_UNROLLED_NNZ = 6_000
 
 
 class CpuKernels(KernelLibrary):
-    """The CPU kernels, for a vector register of ``lanes`` float32 values."""
+    """The CPU kernels, for a vector register of ``lanes`` float32 values; ``precision`` is that of
+    the dense layers (``gemm.PRECISIONS``; PENNI layers are float32 at every precision)."""
 
     name = "cpu"
 
-    def __init__(self, lanes: int, threads: int = 1):
+    def __init__(self, lanes: int, threads: int = 1, precision: str = "fp32"):
         self.lanes = lanes
         self.threads = threads
+        self.precision = precision
 
     def basis_conv(self, plan):
         return self._basis_kernel(plan), [plan.channels, plan.map_ptr, plan.map_weights]
@@ -59,9 +62,9 @@ class CpuKernels(KernelLibrary):
         g, cout = chain.geometry, chain.out_channels
         orientation = pick_orientation(chain.pixels, cout, self.lanes)
         kernel = gemm_conv_kernel(g, cout, chain.epilogue, lanes=self.lanes, threads=self.threads,
-                                  orientation=orientation)
-        constants = [pack_weights(chain.weight.reshape(cout, -1).astype(np.float32), orientation,
-                                  default_tile(self.lanes))]
+                                  orientation=orientation, precision=self.precision)
+        constants = [self._packed(pack_weights(chain.weight.reshape(cout, -1).astype(np.float32), orientation,
+                                               default_tile(self.lanes)))]
         if needs_base_table(g):
             constants.append(conv_source(g)[2])
         return kernel, constants
@@ -69,9 +72,14 @@ class CpuKernels(KernelLibrary):
     def linear(self, batch, weight):
         depth, out_features = weight.shape
         tile = default_tile(self.lanes)
-        kernel = linear_kernel(batch, depth, out_features, lanes=self.lanes, threads=self.threads, tile=tile)
+        kernel = linear_kernel(batch, depth, out_features, lanes=self.lanes, threads=self.threads, tile=tile,
+                               precision=self.precision)
         # weight is (K, out): pack its transpose, (out, K), like a conv's.
-        return kernel, [pack_weights(np.ascontiguousarray(weight.T, dtype=np.float32), "channels", tile)]
+        return kernel, [self._packed(pack_weights(np.ascontiguousarray(weight.T, dtype=np.float32), "channels", tile))]
+
+    def _packed(self, weights: np.ndarray) -> np.ndarray:
+        """Packed float32 weights in this library's precision."""
+        return bf16.pack_weight_pairs(weights) if self.precision == "bf16" else weights
 
     def supports(self, config: KernelConfig) -> bool:
         return True

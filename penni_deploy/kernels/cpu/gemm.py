@@ -31,8 +31,11 @@ from ...plan.epilogue import Epilogue
 from ...plan.geometry import ConvGeometry
 from ..epilogue import apply_epilogue
 from ..tir_helpers import F32, I32, KERNEL_ATTRS, RegisterRows, vector_pieces
+from . import bf16
 
 ORIENTATIONS = ("pixels", "channels")
+#: Operand precisions of the dense kernels: float32 FMAs, or bf16 pairs into float32 (``vdpbf16ps``).
+PRECISIONS = ("fp32", "bf16")
 
 
 @dataclass(frozen=True)
@@ -180,7 +183,7 @@ def needs_base_table(geom: ConvGeometry) -> bool:
 
 def gemm_conv_kernel(geom: ConvGeometry, out_channels: int, epilogue: Epilogue, *, lanes: int = 16,
                      threads: int = 1, orientation: str | None = None,
-                     tile: GemmTile | None = None) -> tirx.PrimFunc:
+                     tile: GemmTile | None = None, precision: str = "fp32") -> tirx.PrimFunc:
     """A dense NCHW conv2d (groups = 1) as a register-tiled GEMM with the epilogue fused.
 
     Parameters
@@ -199,13 +202,20 @@ def gemm_conv_kernel(geom: ConvGeometry, out_channels: int, epilogue: Epilogue, 
         ``pixels`` or ``channels`` (see the module docstring); by default ``pick_orientation``.
     tile : GemmTile, optional
         The register tile; ``default_tile`` by default.
+    precision : str
+        ``fp32``, or ``bf16``: weights and the activations they meet rounded to bf16, products summed
+        in float32 by the ``vdpbf16ps`` micro-kernel (``bf16.py``); input and output stay float32.
 
     Returns
     -------
     tvm.tirx.PrimFunc
         ``f(X, Wp, [base], [bias], [residual], Y)`` with ``Wp = pack_weights(W.reshape(Cout, -1), orientation,
-        tile)``, ``base`` from ``conv_source`` (only where ``needs_base_table``), ``Y (N, Cout, Ho·Wo)``.
+        tile)`` (bf16: ``bf16.pack_weight_pairs`` of it), ``base`` from ``conv_source`` (only where
+        ``needs_base_table``), ``Y (N, Cout, Ho·Wo)``.
     """
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {PRECISIONS}, not {precision!r}")
+    pairs = precision == "bf16"
     g = geom
     pixels = g.out_height * g.out_width
     taps = g.kernel_h * g.kernel_w
@@ -219,6 +229,9 @@ def gemm_conv_kernel(geom: ConvGeometry, out_channels: int, epilogue: Epilogue, 
     plane = src_h * src_w
 
     weight_width = tile.rows if orientation == "pixels" else tile.cols
+    if pairs and (tile.rows > 8 or tile.cols > 48):
+        raise ValueError("the bf16 micro-kernel holds at most an 8 × 48 tile")
+    kpairs = -(-depth // 2)
     o_blocks = -(-out_channels // weight_width)
     # Pixels per task: one vector tile (pixels orientation), or a group of row tiles (channels).
     pixel_block = tile.cols if orientation == "pixels" else tile.rows * 4
@@ -232,7 +245,8 @@ def gemm_conv_kernel(geom: ConvGeometry, out_channels: int, epilogue: Epilogue, 
             T.func_name("gemm_conv")
             T.func_attr(KERNEL_ATTRS)
             X = T.arg("X", T.Buffer((g.batch, g.in_channels, g.height, g.width), F32))
-            Wp = T.arg("Wp", T.Buffer((o_blocks, depth, weight_width), F32))
+            Wp = T.arg("Wp", T.Buffer((o_blocks, kpairs, weight_width), bf16.U32) if pairs
+                       else T.Buffer((o_blocks, depth, weight_width), F32))
             base = None if direct else T.arg("base", T.Buffer((pixels,), I32))
             bias = T.arg("bias", T.Buffer((out_channels,), F32)) if epilogue.bias else None
             residual = (T.arg("residual", T.Buffer((g.batch, out_channels, pixels), F32))
@@ -259,22 +273,30 @@ def gemm_conv_kernel(geom: ConvGeometry, out_channels: int, epilogue: Epilogue, 
                 pb = task % p_blocks
 
                 def pixel_task(p0, size):
-                    # The activation panel of these pixels: `depth` contiguous rows of `size`.
-                    panel = T.alloc_buffer((depth, size), F32)
-                    with T.serial(0, depth) as k:
+                    def operand(k, v):
+                        """Row k of the activation panel of these pixels, at column v."""
                         if direct:
+                            return src[n, k * plane + p0 + v]
+                        tap = k % taps
+                        row = (k // taps) * plane + (tap // g.kernel_w) * (g.dilation[0] * src_w) \
+                            + (tap % g.kernel_w) * g.dilation[1]
+                        return src[n, row + base[p0 + v]]
+
+                    if pairs:
+                        panel = T.alloc_buffer((kpairs, size), bf16.U32)
+                        bf16.emit_pair_panel(panel, depth, size, operand)
+                    else:
+                        # The activation panel of these pixels: `depth` contiguous rows of `size`.
+                        panel = T.alloc_buffer((depth, size), F32)
+                        with T.serial(0, depth) as k:
                             with T.vectorized(0, size) as v:
-                                T.buffer_store(panel, src[n, k * plane + p0 + v], [k, v])
-                        else:
-                            tap = k % taps
-                            row = (k // taps) * plane + (tap // g.kernel_w) * (g.dilation[0] * src_w) \
-                                + (tap % g.kernel_w) * g.dilation[1]
-                            with T.vectorized(0, size) as v:
-                                T.buffer_store(panel, src[n, row + base[p0 + v]], [k, v])
+                                T.buffer_store(panel, operand(k, v), [k, v])
 
                     def o_block(ob, rows):
                         o0 = ob * weight_width
-                        if orientation == "pixels":
+                        if pairs:
+                            bf16_block(ob, o0, rows, size)
+                        elif orientation == "pixels":
                             emit_tile(rows, size, depth, lambda i, k: Wp[ob, k, i], lambda k, v: panel[k, v],
                                       lambda i, v, value: out(n, o0 + i, p0 + v, value), lanes)
                         else:
@@ -288,6 +310,30 @@ def gemm_conv_kernel(geom: ConvGeometry, out_channels: int, epilogue: Epilogue, 
                                     row_tile(r * tile.rows, tile.rows)
                             if tail:
                                 row_tile(full * tile.rows, tail)
+
+                    def bf16_block(ob, o0, rows, size):
+                        """One block of output channels on the micro-kernel, written to Y, then its
+                        epilogue in place (the tile is still in L1)."""
+                        y_at = (n * out_channels + o0) * pixels + p0
+                        if orientation == "pixels":
+                            bf16.emit_tile_call(Wp, ob * kpairs * weight_width, weight_width, panel, 0, size,
+                                                kpairs, rows, size, Y, y_at, pixels, 1)
+                        else:
+                            def row_tile(r0, nrows):
+                                bf16.emit_tile_call(panel, r0, size, Wp, ob * kpairs * weight_width, weight_width,
+                                                    kpairs, nrows, rows, Y, y_at + r0, 1, pixels)
+
+                            full, tail = divmod(size, tile.rows)
+                            if full:
+                                with T.serial(0, full) as r:
+                                    row_tile(r * tile.rows, tile.rows)
+                            if tail:
+                                row_tile(full * tile.rows, tail)
+                        if epilogue.bias or epilogue.residual or epilogue.relu:
+                            with T.serial(0, rows) as i:
+                                for c0, width in vector_pieces(size, lanes):
+                                    with T.vectorized(0, width) as v:
+                                        out(n, o0 + i, p0 + c0 + v, Y[n, o0 + i, p0 + c0 + v])
 
                     first = chunk * per_chunk
                     last_full = out_channels // weight_width  # blocks with every channel real
@@ -338,22 +384,29 @@ def _emit_subsample(X, dst, g: ConvGeometry) -> None:
 
 
 def linear_kernel(batch: int, depth: int, out_features: int, *, lanes: int = 16, threads: int = 1,
-                  tile: GemmTile | None = None) -> tirx.PrimFunc:
+                  tile: GemmTile | None = None, precision: str = "fp32") -> tirx.PrimFunc:
     """``Y = X · W`` for a Linear layer (X ``(N, K)``, W given as ``pack_weights(W.T, "channels", tile)``).
 
     The channels orientation with the batch as rows: each step broadcasts one input value per row
     and streams the packed weights, so at batch 1 (a GEMV, bound by reading the weights) the weights
     are read once, contiguously, split over the threads by output-feature chunks.
 
+    With ``precision="bf16"`` the weights come as ``bf16.pack_weight_pairs`` of that packing and each
+    task rounds its rows of X into pairs: the weights streamed are half the bytes.
+
     Returns
     -------
     tvm.tirx.PrimFunc
         ``f(X, Wp, Y)`` with ``Y (N, out_features)``.
     """
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {PRECISIONS}, not {precision!r}")
     tile = tile or default_tile(lanes)
     cols = tile.cols
     o_blocks = -(-out_features // cols)
     row_blocks = -(-batch // tile.rows)
+    if precision == "bf16":
+        return _linear_bf16(batch, depth, out_features, tile, o_blocks, row_blocks)
     with IRBuilder() as ib:
         with T.prim_func():
             T.func_name("linear")
@@ -370,6 +423,35 @@ def linear_kernel(batch: int, depth: int, out_features: int, *, lanes: int = 16,
                                   lambda i, v, value: T.buffer_store(Y, value, [r0 + i, ob * cols + v]), lanes)
 
                     _static_split(out_features, cols, lambda _o0, width: block(width), ob)
+
+                _static_split(batch, tile.rows, tile_at, rb)
+    return ib.get()
+
+
+def _linear_bf16(batch: int, depth: int, out_features: int, tile: GemmTile, o_blocks: int,
+                 row_blocks: int) -> tirx.PrimFunc:
+    """``linear_kernel`` on the bf16 micro-kernel: per task, the task's rows of X as pairs over K
+    (``(ceil(K/2), rows)``, the broadcast operand), times one block of packed weight pairs."""
+    cols, kpairs = tile.cols, -(-depth // 2)
+    with IRBuilder() as ib:
+        with T.prim_func():
+            T.func_name("linear")
+            T.func_attr(KERNEL_ATTRS)
+            X = T.arg("X", T.Buffer((batch, depth), F32))
+            Wp = T.arg("Wp", T.Buffer((o_blocks, kpairs, cols), bf16.U32))
+            Y = T.arg("Y", T.Buffer((batch, out_features), F32))
+            with T.parallel(0, row_blocks * o_blocks) as task:
+                rb, ob = task // o_blocks, task % o_blocks
+
+                def tile_at(r0, nrows):
+                    panel = T.alloc_buffer((kpairs, nrows), bf16.U32)
+                    bf16.emit_pair_panel(panel, depth, nrows, lambda k, i: X[r0 + i, k])
+
+                    def block(o0, o_width):
+                        bf16.emit_tile_call(panel, 0, nrows, Wp, ob * kpairs * cols, cols, kpairs, nrows, o_width,
+                                            Y, r0 * out_features + o0, out_features, 1)
+
+                    _static_split(out_features, cols, block, ob)
 
                 _static_split(batch, tile.rows, tile_at, rb)
     return ib.get()

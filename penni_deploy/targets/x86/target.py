@@ -9,6 +9,7 @@ from tvm.target import codegen
 
 from ...errors import TargetError
 from ...kernels.cpu import CpuKernels
+from ...kernels.cpu.gemm import PRECISIONS
 from ...machine import available_cores
 from ..base import Target
 from ..common import lowering_passes
@@ -29,11 +30,15 @@ class X86Target(Target):
         Defaults to the host CPU.
     num_threads : int, optional
         Threads the compiled code is tuned for; defaults to the host's core count.
+    precision : str
+        ``fp32``, or ``bf16``: the dense layers (convs and Linear) multiply bf16-rounded weights and
+        activations, summing in float32 with ``vdpbf16ps`` (the CPU needs AVX512_BF16); the PENNI
+        layers and everything else stay float32.
     """
 
     name = "x86"
 
-    def __init__(self, mcpu: str | None = None, num_threads: int | None = None):
+    def __init__(self, mcpu: str | None = None, num_threads: int | None = None, precision: str = "fp32"):
         self.mcpu = mcpu or codegen.llvm_get_system_cpu()
         if not codegen.llvm_is_valid_cpu(self.mcpu, X86_TRIPLE):
             raise TargetError(
@@ -48,6 +53,14 @@ class X86Target(Target):
             self._lanes, self.isa = 8, "avx2"
         else:
             self._lanes, self.isa = 4, "sse"
+        if precision not in PRECISIONS:
+            raise TargetError(f"unknown --precision {precision!r}; choose one of: {', '.join(PRECISIONS)}")
+        if precision == "bf16" and not codegen.target_has_features(["avx512f", "avx512bf16"], self._tvm_target):
+            raise TargetError(
+                f"--precision bf16 needs a CPU with AVX512_BF16 (vdpbf16ps), which {self.mcpu} lacks; compile "
+                "with --precision fp32, or for a CPU that has it with --mcpu (e.g. znver4, cooperlake, "
+                "sapphirerapids)")
+        self.precision = precision
 
     @property
     def tvm_target(self) -> tvm.target.Target:
@@ -55,7 +68,7 @@ class X86Target(Target):
 
     @property
     def kernels(self) -> CpuKernels:
-        return CpuKernels(lanes=self._lanes, threads=self.num_threads)
+        return CpuKernels(lanes=self._lanes, threads=self.num_threads, precision=self.precision)
 
     @property
     def device(self) -> str:
@@ -63,11 +76,18 @@ class X86Target(Target):
 
     def describe(self) -> dict[str, Any]:
         return {"name": self.name, "device": self.device, "mcpu": self.mcpu, "mtriple": X86_TRIPLE,
-                "isa": self.isa, "tvm_target": str(self._tvm_target)}
+                "isa": self.isa, "precision": self.precision, "tvm_target": str(self._tvm_target)}
 
     def lowering_passes(self, chooser=None, metaschedule_dir: str | None = None) -> list[tvm.transform.Pass]:
         return lowering_passes(self.kernels, ScheduleRemainingOps(), chooser or self.default_chooser(),
                                metaschedule_dir)
+
+    def build(self, mod, chooser=None, metaschedule_dir=None, kernel_table=None):
+        if self.precision == "bf16":  # an in-memory build resolves the micro-kernel from this process
+            from ...kernels.cpu.native import load_into_process
+
+            load_into_process()
+        return super().build(mod, chooser, metaschedule_dir, kernel_table)
 
     def default_chooser(self):
         from ...tuning.chooser import CostModelChooser
@@ -75,4 +95,5 @@ class X86Target(Target):
         return CostModelChooser(self._lanes, self.num_threads)
 
     def tuning_key(self) -> str:
-        return f"x86-{self.mcpu}-{self.isa}-{self.num_threads}t"
+        suffix = "" if self.precision == "fp32" else f"-{self.precision}"
+        return f"x86-{self.mcpu}-{self.isa}-{self.num_threads}t{suffix}"

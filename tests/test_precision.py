@@ -1,0 +1,91 @@
+"""``--precision bf16`` end to end: the target refuses CPUs without AVX512_BF16, the artifact records
+its precision, carries its micro-kernel (a fresh process runs it with nothing compiled), and the
+loader refuses it on a CPU without the feature."""
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+from tiny_models import TINY_SHAPE, save_pt2, tiny_model
+
+from penni_deploy.artifact.runtime import _host_cpu_flags, _missing_cpu_features
+from penni_deploy.cli import main
+from penni_deploy.errors import TargetError
+from penni_deploy.targets import get_target
+
+HAS_BF16 = "avx512_bf16" in (_host_cpu_flags() or [])
+
+
+@pytest.fixture(scope="module")
+def tiny_pt2(tmp_path_factory):
+    return save_pt2(tiny_model(), tmp_path_factory.mktemp("tiny-bf16") / "tiny.pt2")
+
+
+def test_bf16_needs_avx512_bf16():
+    with pytest.raises(TargetError, match="AVX512_BF16.*skylake-avx512"):
+        get_target("x86", mcpu="skylake-avx512", precision="bf16")
+    with pytest.raises(TargetError, match="AVX512_BF16"):
+        get_target("x86", mcpu="haswell", precision="bf16")
+
+
+def test_precision_is_checked_per_target():
+    with pytest.raises(TargetError, match="unknown --precision 'fp16'"):
+        get_target("x86", precision="fp16")
+    with pytest.raises(TargetError, match="--precision .bf16. applies to --target x86"):
+        get_target("cuda", precision="bf16")
+    assert get_target("cuda", precision="fp32").name == "cuda"  # the default is every target's
+
+
+def test_tuning_results_are_kept_apart_per_precision():
+    fp32 = get_target("x86", mcpu="znver4").tuning_key()
+    assert get_target("x86", mcpu="znver4", precision="bf16").tuning_key() == fp32 + "-bf16"
+
+
+def test_loader_refuses_bf16_on_a_cpu_without_it():
+    target = {"isa": "avx512", "precision": "bf16", "mcpu": "znver4"}
+    assert _missing_cpu_features(target, flags=["avx512f", "avx2", "fma"]) == ["avx512_bf16"]
+    assert _missing_cpu_features(target, flags=["avx512f", "avx512_bf16"]) == []
+    assert _missing_cpu_features({"isa": "avx512", "precision": "fp32"}, flags=["avx512f"]) == []
+
+
+def test_cross_build_for_a_bf16_cpu(tiny_pt2, tmp_path, capsys):
+    out = tmp_path / "cooperlake.penni"
+    assert main(["compile", str(tiny_pt2), "-o", str(out), "--mcpu", "cooperlake", "--precision", "bf16",
+                 "--quiet"]) == 0
+    assert main(["inspect", str(out), "--json"]) == 0
+    target = json.loads(capsys.readouterr().out)["target"]
+    assert (target["mcpu"], target["precision"]) == ("cooperlake", "bf16")
+
+
+def test_compile_refuses_bf16_for_a_cpu_without_it_before_loading(tmp_path, capsys):
+    out = tmp_path / "x.penni"
+    assert main(["compile", str(tmp_path / "missing.pt2"), "-o", str(out), "--mcpu", "haswell",
+                 "--precision", "bf16"]) != 0
+    err = capsys.readouterr().err
+    assert "AVX512_BF16" in err and "no such model file" not in err and not out.exists()
+
+
+@pytest.mark.skipif(not HAS_BF16, reason="this CPU has no AVX512_BF16")
+def test_bf16_artifact_runs_in_a_fresh_process(tiny_pt2, tmp_path, capsys):
+    artifact = tmp_path / "tiny-bf16.penni"
+    assert main(["compile", str(tiny_pt2), "-o", str(artifact), "--precision", "bf16", "--quiet"]) == 0
+    assert main(["inspect", str(artifact)]) == 0
+    assert "precision    bf16" in capsys.readouterr().out
+
+    x = np.random.default_rng(0).standard_normal(TINY_SHAPE).astype(np.float32)
+    np.save(tmp_path / "x.npy", x)
+    # A fresh process, with no compiler cache: the library must carry the micro-kernel itself.
+    code = ("import sys, numpy as np, penni_deploy; m = penni_deploy.load(sys.argv[1]); "
+            "np.save(sys.argv[3], m(np.load(sys.argv[2])))")
+    env = {"XDG_CACHE_HOME": str(tmp_path / "empty-cache"), "PATH": "/usr/bin:/bin"}
+    subprocess.run([sys.executable, "-c", code, str(artifact), str(tmp_path / "x.npy"), str(tmp_path / "y.npy")],
+                   check=True, env=env, timeout=300)
+    assert not (tmp_path / "empty-cache").exists()
+    with torch.inference_mode():
+        expected = torch.export.load(str(tiny_pt2)).module()(torch.from_numpy(x)).numpy()
+    got = np.load(tmp_path / "y.npy")
+    error = np.abs(got - expected).max() / np.abs(expected).max()
+    assert 1e-6 < error < 2e-2  # rounded (not fp32-exact), yet close
