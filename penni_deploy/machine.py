@@ -44,3 +44,13 @@ def available_cores() -> int:
         cores = os.cpu_count() or 1
     limit = cgroup_cpu_limit()
     return max(1, min(cores, limit) if limit else cores)
+
+
+def cpu_flags() -> list[str] | None:
+    """This CPU's feature flags as Linux names them (``avx512f``, ``avx512_bf16``, ...), or None when
+    they cannot be read (not Linux)."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            return next((line.split(":", 1)[1].split() for line in f if line.startswith("flags")), None)
+    except OSError:
+        return None

@@ -9,6 +9,7 @@ import torch
 from model_helpers import random_penni_model
 from tiny_models import TINY_SHAPE, save_pt2, tiny_model
 
+from penni_deploy.machine import cpu_flags
 from penni_deploy.bench import BenchOptions, format_bench_table, run_bench
 from penni_deploy.bench.peers import DEEPSPARSE_PYTHON_ENV
 from penni_deploy.bench.plot import plot_bench
@@ -135,3 +136,22 @@ def test_a_pt2_file_benched_at_a_batch_size_it_fixed_fails_before_measuring(save
     assert err[-1].startswith("error: cannot trace the model for input (1, 3, 12, 12)")
     assert not any("measuring" in line for line in err)  # no matmul peak, no compile: it fails first
     assert not report_file.exists()
+
+
+@pytest.mark.skipif("avx512_bf16" not in (cpu_flags() or []), reason="this CPU has no AVX512_BF16")
+def test_bench_at_bf16_labels_its_rows_and_adds_our_fp32_build(saved_files, tmp_path):
+    from dataclasses import replace
+
+    from penni_deploy.compiler import CompileOptions
+
+    options = BenchOptions(batches=(2,), threads=1, warmup=1, warmup_seconds=0, repeat=3, min_repeat=3, min_seconds=0,
+                           max_seconds=5, matmul_n=256)
+    options = replace(options, compile=CompileOptions(precision="bf16"))
+    report = run_bench(str(saved_files["pt2"]), options=options)
+    engines = {r["engine"]: r for r in report["results"]}
+    assert engines["penni-deploy"]["precision"] == "bf16" and engines["tvm-dense"]["precision"] == "bf16"
+    assert engines["penni-deploy-fp32"]["precision"] == "fp32"
+    assert engines["penni-deploy-fp32"]["max_rel_error"] <= 1e-4
+    assert 1e-6 < engines["penni-deploy"]["max_rel_error"] < 2e-2  # rounded, yet close
+    assert report["target"]["precision"] == "bf16"
+    assert "bf16" in format_bench_table(report)

@@ -11,12 +11,13 @@ import pytest
 import torch
 from tiny_models import TINY_SHAPE, save_pt2, tiny_model
 
-from penni_deploy.artifact.runtime import _host_cpu_flags, _missing_cpu_features
+from penni_deploy.artifact.runtime import _missing_cpu_features
+from penni_deploy.machine import cpu_flags
 from penni_deploy.cli import main
 from penni_deploy.errors import TargetError
 from penni_deploy.targets import get_target
 
-HAS_BF16 = "avx512_bf16" in (_host_cpu_flags() or [])
+HAS_BF16 = "avx512_bf16" in (cpu_flags() or [])
 
 
 @pytest.fixture(scope="module")

@@ -47,7 +47,7 @@ constexpr int kDeviceComputeVersion = 4;
 struct Manifest {
   std::string tvm_version;
   std::string device = "cpu";
-  std::string target_name, isa, mcpu;
+  std::string target_name, isa, mcpu, precision = "fp32";
   std::vector<TensorSpec> inputs, outputs;
   std::string library_file = kDefaultLibraryName;
   std::string library_sha256;
@@ -118,6 +118,7 @@ Manifest ParseManifest(const std::string& text) {
   m.target_name = Text(target, "name");
   m.isa = Text(target, "isa");
   m.mcpu = Text(target, "mcpu");
+  m.precision = Text(target, "precision", "fp32");
   m.inputs = Specs(raw, "inputs");
   m.outputs = Specs(raw, "outputs");
   JsonObject library = Object(raw.at("library"), "library");
@@ -143,10 +144,11 @@ std::string Join(const std::vector<std::string>& items) {
 
 // CPU features this CPU lacks of those the artifact's ISA needs; empty when /proc/cpuinfo is
 // unreadable (then the loader tries, as Python's does).
-std::vector<std::string> MissingCpuFeatures(const std::string& isa) {
+std::vector<std::string> MissingCpuFeatures(const std::string& isa, const std::string& precision) {
   std::vector<std::string> needed;
   if (isa == "avx512") needed = {"avx512f"};
   if (isa == "avx2") needed = {"avx2", "fma"};
+  if (precision == "bf16") needed.push_back("avx512_bf16");  // the vdpbf16ps micro-kernel
   std::ifstream cpuinfo("/proc/cpuinfo");
   std::string line, flags;
   while (std::getline(cpuinfo, line)) {
@@ -218,10 +220,11 @@ void CheckRuntime(const Manifest& m) {
   if (m.device == "cuda") {
     CheckGpu(m);
   } else if (m.device == "cpu") {
-    std::vector<std::string> missing = MissingCpuFeatures(m.isa);
+    std::vector<std::string> missing = MissingCpuFeatures(m.isa, m.precision);
     if (!missing.empty()) {
-      throw Error("artifact was built for CPU " + m.mcpu + " (" + m.isa + ") but this CPU lacks " + Join(missing) +
-                  "; recompile for this machine (penni-deploy compile without --mcpu)");
+      throw Error("artifact was built for CPU " + m.mcpu + " (" + m.isa + ", " + m.precision + ") but this CPU lacks " +
+                  Join(missing) + "; recompile for this machine (penni-deploy compile without --mcpu" +
+                  (m.precision == "bf16" ? ", or with --precision fp32)" : ")"));
     }
   } else {
     throw Error("artifact targets device " + m.device + ", which penni-run cannot run; recompile with --target x86");

@@ -23,6 +23,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import ArtifactError, InputSpecError
+from ..machine import cpu_flags
 from . import threads as thread_count
 from .manifest import LIBRARY_NAME, MANIFEST_NAME, Manifest
 
@@ -190,18 +191,10 @@ def _missing_cpu_features(target: dict[str, Any], flags: list[str] | None = None
     if target.get("precision") == "bf16":
         needed = needed + ["avx512_bf16"]
     if flags is None:
-        flags = _host_cpu_flags()
+        flags = cpu_flags()
     if flags is None:
         return []
     return [feature for feature in needed if feature not in flags]
-
-
-def _host_cpu_flags() -> list[str] | None:
-    try:
-        with open("/proc/cpuinfo") as f:
-            return next((line.split(":", 1)[1].split() for line in f if line.startswith("flags")), None)
-    except OSError:
-        return None  # cannot tell: let the loader try
 
 
 class CompiledModel:

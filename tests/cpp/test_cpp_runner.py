@@ -17,6 +17,8 @@ from tiny_models import TINY_SHAPE, save_pt2, tiny_model
 
 import penni_deploy
 from penni_deploy.artifact.manifest import FORMAT_VERSION
+from penni_deploy.compiler import CompileOptions
+from penni_deploy.machine import cpu_flags
 from penni_deploy.artifact.signing import TRUSTED_KEY_ENV, sign_artifact
 from penni_deploy.frontend.load_model import ZOO_INPUT_SHAPE
 from penni_deploy.models.examples import make_example
@@ -74,6 +76,18 @@ def test_matches_the_python_runtime(runner, example_artifact, tmp_path):
     assert y.shape == expected.shape == (1, 10) and y.dtype == np.float32
     # The same kernels on the same input: equal up to the order of parallel float sums, if any.
     np.testing.assert_allclose(y, expected, rtol=1e-5, atol=1e-5 * np.abs(expected).max())
+
+
+@pytest.mark.skipif("avx512_bf16" not in (cpu_flags() or []), reason="this CPU has no AVX512_BF16")
+def test_runs_a_bf16_artifact_like_python(runner, tmp_path):
+    model = save_pt2(tiny_model(), tmp_path / "tiny.pt2")
+    artifact = tmp_path / "tiny-bf16.penni"
+    penni_deploy.compile_model(str(model), str(artifact), options=CompileOptions(precision="bf16"))
+    x = np.random.default_rng(1).standard_normal(TINY_SHAPE).astype(np.float32)
+    np.save(tmp_path / "x.npy", x)
+    result = penni_run(runner, artifact, tmp_path / "x.npy", tmp_path / "y.npy")
+    assert result.returncode == 0, result.stderr
+    np.testing.assert_allclose(np.load(tmp_path / "y.npy"), penni_deploy.load(artifact)(x), rtol=1e-6, atol=1e-6)
 
 
 # --- the build ---------------------------------------------------------------------------------

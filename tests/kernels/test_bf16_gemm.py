@@ -10,7 +10,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from penni_deploy.artifact.runtime import _host_cpu_flags
+from penni_deploy.machine import cpu_flags
 from penni_deploy.kernels.cpu import CpuKernels, bf16
 from penni_deploy.kernels.cpu.gemm import (
     conv_source,
@@ -26,7 +26,7 @@ from penni_deploy.plan.geometry import ConvGeometry
 
 from test_dense_conv import CASES
 
-needs_bf16 = pytest.mark.skipif("avx512_bf16" not in (_host_cpu_flags() or []),
+needs_bf16 = pytest.mark.skipif("avx512_bf16" not in (cpu_flags() or []),
                                 reason="this CPU has no AVX512_BF16 (vdpbf16ps)")
 
 
