@@ -86,6 +86,9 @@ def compile(  # noqa: A001 - the command is called compile
     trust_pickle: TrustPickle = False,
     input_shape: InputShape = None,
     batch: Annotated[Optional[int], typer.Option(help="Compile for this batch size.")] = None,
+    micro_batch: Annotated[Optional[int], typer.Option(
+        help="Images per pass through the network, a divisor of the batch (default: chosen so that a layer's "
+             "tensors fit the last-level cache; the whole batch for small images).")] = None,
     pipeline: Annotated[str, typer.Option(help="Graph pipeline: penni, or dense (no PENNI passes).")] = "penni",
     tuning_db: Annotated[Optional[Path], typer.Option(help="Use the fastest kernels found by `penni-deploy tune` "
                                                            "in this folder.")] = None,
@@ -99,7 +102,8 @@ def compile(  # noqa: A001 - the command is called compile
     check_output_file(output, "-o", create_folders=True)  # before minutes of compiling, not after
     model_arch, gpu_arch = _split_arch(arch)
     options = CompileOptions(target=target, mcpu=mcpu, gpu_arch=gpu_arch, pipeline=pipeline,
-                             tuning_db=str(tuning_db) if tuning_db else None, precision=precision)
+                             tuning_db=str(tuning_db) if tuning_db else None, precision=precision,
+                             micro_batch=micro_batch)
     options.make_target()  # an unsupported --precision or --mcpu fails here, before loading the model
     progress = Progress(quiet, stages=COMPILE_STAGES, label="compile")
     with progress.activate():
@@ -244,6 +248,8 @@ def inspect(
     typer.echo(f"artifact     {artifact} (format {manifest.format_version}, {manifest.producer}, {manifest.created})")
     typer.echo(f"target       {t.get('name')} {t.get('mcpu', '')} {t.get('isa', '')}  TVM {manifest.tvm_version}")
     typer.echo(f"precision    {t.get('precision', 'fp32')}")
+    if manifest.micro_batch:
+        typer.echo(f"micro-batch  {manifest.micro_batch} image(s) per pass through the network")
     for spec in manifest.inputs:
         typer.echo(f"input        {spec.name} {spec.dtype}{spec.shape}")
     for spec in manifest.outputs:

@@ -56,6 +56,9 @@ class CompileOptions:
     precision : str
         ``fp32``, or ``bf16`` (x86 with AVX512_BF16): the dense layers multiply bf16-rounded
         operands into float32 sums; see ``targets.x86.X86Target``.
+    micro_batch : int, optional
+        Images per pass through the network (a divisor of the batch); by default chosen so that a
+        layer's tensors fit the target's cache (``plan.micro_batch``).
     """
 
     target: str = "x86"
@@ -65,6 +68,7 @@ class CompileOptions:
     passes: PipelineOptions = field(default_factory=PipelineOptions)
     tuning_db: str | None = None
     precision: str = "fp32"
+    micro_batch: int | None = None
 
     def make_target(self):
         return get_target(self.target, mcpu=self.mcpu, arch=self.gpu_arch, precision=self.precision)
@@ -81,29 +85,75 @@ class CompiledProgram:
     layers: list[dict]
     pass_seconds: dict[str, float]
     kernels: list[dict] = field(default_factory=list)  # the kernel table (``targets/kernel_table.py``)
+    micro_batch: int | None = None  # images per pass through the network, when less than the batch
 
 
 def _quiet(_msg: str) -> None:
     pass
 
 
-def compile_program(program: torch.export.ExportedProgram, input_shape: tuple[int, ...],
-                    options: CompileOptions = CompileOptions(), progress: Progress = _quiet) -> CompiledProgram:
-    """Compile an ExportedProgram (float32, one NCHW input) for ``options.target``."""
-    target = options.make_target()
+def graph_for_build(program: torch.export.ExportedProgram, input_shape: tuple[int, ...], target,
+                    options: CompileOptions = CompileOptions(), progress: Progress = _quiet,
+                    retrace: Callable[[tuple[int, ...]], torch.export.ExportedProgram] | None = None,
+                    ) -> tuple[tvm.IRModule, int, dict[str, float]]:
+    """The graph-rewritten module the build lowers, and the micro-batch it is traced for.
+
+    Returns ``(mod, micro_batch, pass_seconds)``: ``mod`` takes ``micro_batch`` images; the build
+    repeats it over the batch when that is fewer (``tune`` tunes the same layers this way).
+    ``retrace(shape)`` traces the model again at another batch size (the model file's own export;
+    by default ``program`` is re-exported, which a graph that fixed its batch size refuses).
+    """
+    from .errors import InputSpecError
+    from .frontend.rebatch import rebatch_program
+    from .plan.micro_batch import choose_micro_batch, layer_footprint_bytes
+
+    batch = input_shape[0]
+    if options.micro_batch is not None and (options.micro_batch < 1 or batch % options.micro_batch):
+        raise InputSpecError(f"--micro-batch {options.micro_batch} must divide the batch size {batch}")
     progress("importing into TVM Relax")
-    mod = to_relax(program)
+    passes = graph_passes(options.pipeline, options.passes)
     progress(f"graph passes ({options.pipeline})")
-    mod, seconds = run_passes(mod, graph_passes(options.pipeline, options.passes))
+    mod, seconds = run_passes(to_relax(program), passes)
+    images = options.micro_batch or choose_micro_batch(
+        batch, layer_footprint_bytes(describe_conv_layers(mod)), target.micro_batch_cache_bytes())
+    if images == batch:
+        return mod, batch, seconds
+    try:
+        program = (retrace or (lambda shape: rebatch_program(program, shape)))((images, *input_shape[1:]))
+    except Exception as exc:  # the graph fixed its batch size (view(8, -1) and the like)
+        if options.micro_batch is not None:
+            from .errors import UnsupportedModelError
+
+            raise UnsupportedModelError(f"cannot trace the model for --micro-batch {images}: "
+                                        f"{str(exc).strip().splitlines()[0]}") from None
+        logger.info("cannot trace for micro-batches of %d (%s): running all %d images at once", images, exc, batch)
+        return mod, batch, seconds
+    progress(f"graph passes ({options.pipeline}) for micro-batches of {images}")
+    mod, seconds = run_passes(to_relax(program), passes)
+    return mod, images, seconds
+
+
+def compile_program(program: torch.export.ExportedProgram, input_shape: tuple[int, ...],
+                    options: CompileOptions = CompileOptions(), progress: Progress = _quiet,
+                    retrace: Callable[[tuple[int, ...]], torch.export.ExportedProgram] | None = None,
+                    ) -> CompiledProgram:
+    """Compile an ExportedProgram (float32, one NCHW input) for ``options.target`` (``retrace``: see
+    ``graph_for_build``)."""
+    target = options.make_target()
+    mod, micro_batch, seconds = graph_for_build(program, tuple(input_shape), target, options, progress, retrace)
     chooser, metaschedule_dir = _choosers(target, options.tuning_db)
     layers = describe_conv_layers(mod, chooser)
+    repeats = input_shape[0] // micro_batch
     output_shape = tuple(int(d) for d in mod["main"].ret_ty.shape)
-    progress(f"generating kernels and building for {target.describe()['tvm_target']}")
+    output_shape = (output_shape[0] * repeats, *output_shape[1:])
+    progress(f"generating kernels and building for {target.describe()['tvm_target']}"
+             + (f", {repeats} micro-batches of {micro_batch}" if repeats > 1 else ""))
     start = time.perf_counter()
     kernels: list[dict] = []
-    executable = target.build(mod, chooser, metaschedule_dir, kernel_table=kernels)
+    executable = target.build(mod, chooser, metaschedule_dir, kernel_table=kernels, micro_batches=repeats)
     seconds["build"] = time.perf_counter() - start
-    return CompiledProgram(executable, target, tuple(input_shape), output_shape, layers, seconds, kernels)
+    return CompiledProgram(executable, target, tuple(input_shape), output_shape, layers, seconds, kernels,
+                           micro_batch if repeats > 1 else None)
 
 
 def _choosers(target, tuning_db: str | None):
@@ -130,7 +180,7 @@ def compile_loaded(loaded: LoadedModel, output: str, *, input_shape: tuple[int, 
     shape = resolve_input_shape(loaded, input_shape, batch)
     progress(f"tracing with torch.export for input {shape}")
     program = export_program(loaded, shape)
-    built = compile_program(program, shape, options, progress)
+    built = compile_program(program, shape, options, progress, retrace=lambda s: export_program(loaded, s))
     manifest = Manifest(
         format_version=FORMAT_VERSION,
         producer=f"penni-deploy {__version__}",
@@ -144,6 +194,7 @@ def compile_loaded(loaded: LoadedModel, output: str, *, input_shape: tuple[int, 
         pipeline=options.pipeline,
         layers=built.layers,
         kernels=built.kernels,
+        micro_batch=built.micro_batch,
         created=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         preprocessing=loaded.preprocessing.to_dict() if loaded.preprocessing else None,
     )

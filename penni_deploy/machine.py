@@ -54,3 +54,27 @@ def cpu_flags() -> list[str] | None:
             return next((line.split(":", 1)[1].split() for line in f if line.startswith("flags")), None)
     except OSError:
         return None
+
+
+def last_level_cache_bytes(root: str = "/sys/devices/system/cpu/cpu0/cache") -> int | None:
+    """Size of the largest (last-level) cache CPU 0 sees, from sysfs, or None when unknown."""
+    best = None
+    try:
+        entries = sorted(os.listdir(root))
+    except OSError:
+        return None
+    for entry in entries:
+        if not entry.startswith("index"):
+            continue
+        try:
+            with open(os.path.join(root, entry, "size")) as f:
+                text = f.read().strip()
+        except OSError:
+            continue
+        units = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30}
+        try:
+            size = int(text[:-1]) * units[text[-1]] if text and text[-1] in units else int(text)
+        except ValueError:
+            continue
+        best = size if best is None else max(best, size)
+    return best

@@ -42,11 +42,16 @@ class Manifest:
     #: Every kernel call of ``main`` in run order, with its layer (``targets/kernel_table.py``);
     #: empty in artifacts from before ``penni-deploy profile``.
     kernels: list[dict[str, Any]] = field(default_factory=list)
+    #: Images per pass through the network when the build runs a batch in micro-batches
+    #: (``plan.micro_batch``); None when it runs the whole batch at once. ``layers`` are per pass.
+    micro_batch: int | None = None
 
     def to_json(self) -> str:
         raw = asdict(self)
         if raw["preprocessing"] is None:
             del raw["preprocessing"]  # say nothing rather than null: no values were known
+        if raw["micro_batch"] is None:
+            del raw["micro_batch"]
         return json.dumps(raw, indent=2)
 
     @classmethod

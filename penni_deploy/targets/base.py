@@ -59,17 +59,27 @@ class Target(abc.ABC):
 
         raise TargetError(f"tuning is not supported for --target {self.name}; tune with --target x86")
 
+    def micro_batch_cache_bytes(self) -> int | None:
+        """The cache one layer's tensors should fit, for choosing micro-batches (``plan.micro_batch``);
+        None (the default): always run the whole batch at once (what a GPU wants)."""
+        return None
+
     def build(self, mod: tvm.IRModule, chooser=None, metaschedule_dir: str | None = None,
-              kernel_table: list | None = None) -> tvm.relax.Executable:
+              kernel_table: list | None = None, micro_batches: int = 1) -> tvm.relax.Executable:
         """Lower ``mod`` with this target's passes and build it; ``kernel_table``, a list, receives the
-        manifest's kernel table (``kernel_table.py``)."""
+        manifest's kernel table (``kernel_table.py``). With ``micro_batches`` k > 1 the built ``main``
+        takes k times the batch of ``mod`` and runs it micro-batch by micro-batch."""
+        from ..passes.repeat_over_micro_batches import RepeatOverMicroBatches
         from .kernel_table import KernelTableRecorder
 
         chooser = chooser or self.default_chooser()
         recorder = KernelTableRecorder()
-        with self.tvm_target:
-            mod = tvm.transform.Sequential(recorder.wrap(self.lowering_passes(chooser, metaschedule_dir)),
-                                           name=f"{self.name}_lowering")(mod)
+        with self.tvm_target:  # some passes (MetaScheduleApplyDatabase) read the target when made
+            passes = recorder.wrap(self.lowering_passes(chooser, metaschedule_dir))
+            if micro_batches > 1:  # right after the kernel lowering: the copies then share its constants
+                at = next(i for i, p in enumerate(passes) if p.info.name == "LowerLinear") + 1
+                passes.insert(at, RepeatOverMicroBatches(micro_batches))
+            mod = tvm.transform.Sequential(passes, name=f"{self.name}_lowering")(mod)
         if kernel_table is not None:
             kernel_table.extend(recorder.table(mod))
         executable = tvm.compile(mod, target=self.tvm_target, relax_pipeline=None)

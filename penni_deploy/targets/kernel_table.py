@@ -15,7 +15,8 @@ list of small dicts, in the order the VM calls them:
 - ``weight_bytes``: bytes of the constants the call reads (packed weights, coefficients, bias):
   what a weight-bound kernel (a Linear at batch 1) must stream from memory on every run.
 
-The layer of each call is read right after ``LowerConvComposites`` (the composite binding's variable
+A micro-batched build calls each layer's kernels once per micro-batch; every call is listed, with
+its layer. The layer of each call is read right after ``LowerConvComposites`` (the composite binding's variable
 survives the rewrite; every ``call_tir`` bound before it since the previous layer is that layer's),
 then matched in order against the final module's calls of the same kernels. Later passes keep the
 order of these opaque kernels; if they ever did not, the table says ``layer: None`` rather than guess.
@@ -111,8 +112,10 @@ class KernelTableRecorder:
         layer_names = [name for name, _, _ in self.layer_kernels]
         ours = [i for i, (gv_name, _, _) in enumerate(calls) if gv_name in set(layer_names)]
         layer_at: dict[int, tuple[int, str]] = {}
-        if [calls[i][0] for i in ours] == layer_names:
-            layer_at = {i: (layer, kind) for i, (_, layer, kind) in zip(ours, self.layer_kernels)}
+        # A micro-batched main (RepeatOverMicroBatches) runs the layers' kernels once per micro-batch.
+        repeats = max(1, len(ours) // max(1, len(layer_names)))
+        if [calls[i][0] for i in ours] == layer_names * repeats:
+            layer_at = {i: (layer, kind) for i, (_, layer, kind) in zip(ours, self.layer_kernels * repeats)}
         elif layer_names:
             logger.warning("kernel table: the final kernel calls do not follow the lowered layers' order; "
                            "layers left unattributed")

@@ -24,10 +24,10 @@ from dataclasses import dataclass
 
 import tvm
 
+from ..compiler import graph_for_build
 from ..errors import PenniError
-from ..frontend import export_program, resolve_input_shape, to_relax
+from ..frontend import export_program, resolve_input_shape
 from ..frontend.load_model import LoadedModel
-from ..passes import graph_passes, run_passes
 from ..passes.conv_chain import read_conv_chain
 from ..plan.layers import PENNI_COMPOSITE, ConvChain, plan_penni_layer
 from . import cost_model
@@ -89,7 +89,9 @@ def tune_loaded(loaded: LoadedModel, db_path: str, target, *, input_shape=None, 
     db = TuningDatabase(db_path)
     shape = resolve_input_shape(loaded, input_shape, batch)
     progress(f"tracing with torch.export for input {shape}")
-    mod, _ = run_passes(to_relax(export_program(loaded, shape)), graph_passes("penni"))
+    # The layers as compile builds them: traced for its micro-batch when it uses one.
+    mod, _, _ = graph_for_build(export_program(loaded, shape), shape, target,
+                                retrace=lambda s: export_program(loaded, s))
     chains = _chains(mod)
     runner = _runner(options)
     machine = cost_model.Machine(target.kernels.lanes, target.num_threads)

@@ -63,10 +63,10 @@ class CudaTarget(Target):
                                after_memory_planning=[relax.transform.RewriteCUDAGraph()])
 
     def build(self, mod: tvm.IRModule, chooser=None, metaschedule_dir: str | None = None,
-              kernel_table: list | None = None) -> tvm.relax.Executable:
+              kernel_table: list | None = None, micro_batches: int = 1) -> tvm.relax.Executable:
         ensure_cuda_codegen_runtime()
         with fatbin_compiler(self.sass, self.ptx):
-            return super().build(mod, chooser, metaschedule_dir, kernel_table)
+            return super().build(mod, chooser, metaschedule_dir, kernel_table, micro_batches)
 
     def check_build(self, executable: tvm.relax.Executable) -> None:
         # A wrong pipeline or a missing CUDA runtime gives a "successful" build without device code.

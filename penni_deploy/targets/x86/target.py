@@ -10,7 +10,7 @@ from tvm.target import codegen
 from ...errors import TargetError
 from ...kernels.cpu import CpuKernels
 from ...kernels.cpu.gemm import PRECISIONS
-from ...machine import available_cores
+from ...machine import available_cores, last_level_cache_bytes
 from ..base import Target
 from ..common import lowering_passes
 from .schedules import ScheduleRemainingOps
@@ -82,12 +82,16 @@ class X86Target(Target):
         return lowering_passes(self.kernels, ScheduleRemainingOps(), chooser or self.default_chooser(),
                                metaschedule_dir)
 
-    def build(self, mod, chooser=None, metaschedule_dir=None, kernel_table=None):
+    def build(self, mod, chooser=None, metaschedule_dir=None, kernel_table=None, micro_batches=1):
         if self.precision == "bf16":  # an in-memory build resolves the micro-kernel from this process
             from ...kernels.cpu.native import load_into_process
 
             load_into_process()
-        return super().build(mod, chooser, metaschedule_dir, kernel_table)
+        return super().build(mod, chooser, metaschedule_dir, kernel_table, micro_batches)
+
+    def micro_batch_cache_bytes(self):
+        # This host's last-level cache; a --mcpu cross-build assumes the deploy machine's is alike.
+        return last_level_cache_bytes()
 
     def default_chooser(self):
         from ...tuning.chooser import CostModelChooser
