@@ -31,7 +31,7 @@ BATCH = 100
 def _inputs(data: str, limit: int | None) -> tuple[np.ndarray, np.ndarray]:
     split = load_cifar10(data, "test")
     images, labels = split.images[:limit], split.labels[:limit]
-    x = torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2).float() / 255.0
+    x = torch.from_numpy(np.array(images))  # a copy: the cached split is read-only.permute(0, 3, 1, 2).float() / 255.0
     return normalize(x).numpy(), np.asarray(labels)
 
 
