@@ -10,7 +10,6 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from penni_deploy.machine import cpu_flags
 from penni_deploy.kernels.cpu import CpuKernels, bf16
 from penni_deploy.kernels.cpu.gemm import (
     conv_source,
@@ -21,10 +20,11 @@ from penni_deploy.kernels.cpu.gemm import (
     pack_weights,
 )
 from penni_deploy.kernels.cpu.native import load_into_process
+from penni_deploy.machine import cpu_flags
 from penni_deploy.plan import Epilogue
 from penni_deploy.plan.geometry import ConvGeometry
 
-from test_dense_conv import CASES
+from test_dense_conv import CASES, case_arrays
 
 needs_bf16 = pytest.mark.skipif("avx512_bf16" not in (cpu_flags() or []),
                                 reason="this CPU has no AVX512_BF16 (vdpbf16ps)")
@@ -88,14 +88,8 @@ def test_micro_kernel_refuses_a_tile_it_cannot_hold():
 
 
 def _run_bf16_case(case, epilogue, batch, orientation, run_primfunc, seed=1):
-    rng = np.random.default_rng(seed)
-    cin, k, cout = case["cin"], case["k"], case["cout"]
-    geom = ConvGeometry(batch, cin, case["h"], case["w"], k, k, case["stride"], case["pad"], case["dil"])
-    pixels = geom.out_height * geom.out_width
-    x = rng.standard_normal((batch, cin, case["h"], case["w"])).astype(np.float32)
-    w = rng.standard_normal((cout, cin, k, k)).astype(np.float32)
-    bias = rng.standard_normal(cout).astype(np.float32)
-    residual = rng.standard_normal((batch, cout, pixels)).astype(np.float32)
+    geom, x, w, bias, residual = case_arrays(case, batch, seed)
+    cout, pixels = case["cout"], geom.out_height * geom.out_width
     args = [x, bf16.pack_weight_pairs(pack_weights(w.reshape(cout, -1), orientation, default_tile(16)))]
     args += [conv_source(geom)[2]] if needs_base_table(geom) else []
     args += ([bias] if epilogue.bias else []) + ([residual] if epilogue.residual else [])

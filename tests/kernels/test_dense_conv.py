@@ -37,7 +37,8 @@ EPILOGUES = {"plain": Epilogue(), "bias+relu": Epilogue(bias=True, relu=True),
              "bias+res+relu": Epilogue(bias=True, residual=True, relu=True)}
 
 
-def _run_case(case, epilogue, batch, orientation, run_primfunc, tile=None, lanes=16, seed=1):
+def case_arrays(case, batch, seed):
+    """``(geom, x, w, bias, residual)`` of a CASES entry: seeded random float32 arrays."""
     rng = np.random.default_rng(seed)
     cin, k, cout = case["cin"], case["k"], case["cout"]
     geom = ConvGeometry(batch, cin, case["h"], case["w"], k, k, case["stride"], case["pad"], case["dil"])
@@ -46,6 +47,12 @@ def _run_case(case, epilogue, batch, orientation, run_primfunc, tile=None, lanes
     w = rng.standard_normal((cout, cin, k, k)).astype(np.float32)
     bias = rng.standard_normal(cout).astype(np.float32)
     residual = rng.standard_normal((batch, cout, pixels)).astype(np.float32)
+    return geom, x, w, bias, residual
+
+
+def _run_case(case, epilogue, batch, orientation, run_primfunc, tile=None, lanes=16, seed=1):
+    geom, x, w, bias, residual = case_arrays(case, batch, seed)
+    cout, pixels = case["cout"], geom.out_height * geom.out_width
     tile = tile or default_tile(lanes)
     args = [x, pack_weights(w.reshape(cout, -1), orientation, tile)]
     args += [conv_source(geom)[2]] if needs_base_table(geom) else []

@@ -136,6 +136,16 @@ def _static_split(extent: int, block: int, body: Callable[[object, int], None], 
                 body(full * block, tail)
 
 
+def _row_tiles(size: int, rows: int, row_tile: Callable[[object, int], None]) -> None:
+    """``row_tile(r0, nrows)`` over ``size`` pixels in tiles of ``rows`` (a loop) and one static tail."""
+    full, tail = divmod(size, rows)
+    if full:
+        with T.serial(0, full) as r:
+            row_tile(r * rows, rows)
+    if tail:
+        row_tile(full * rows, tail)
+
+
 def split_tasks(blocks: int, images: int, threads: int, min_tasks_per_thread: int = 4) -> int:
     """Into how many chunks to cut ``blocks`` (of output channels) so that there are enough tasks:
     when the pixels alone are too few, a multiple of ``threads`` (where there are blocks enough), so
@@ -304,12 +314,7 @@ def gemm_conv_kernel(geom: ConvGeometry, out_channels: int, epilogue: Epilogue, 
                                 emit_tile(nrows, rows, depth, lambda i, k: panel[k, r0 + i], lambda k, v: Wp[ob, k, v],
                                           lambda i, v, value: out(n, o0 + v, p0 + r0 + i, value), lanes)
 
-                            full, tail = divmod(size, tile.rows)
-                            if full:
-                                with T.serial(0, full) as r:
-                                    row_tile(r * tile.rows, tile.rows)
-                            if tail:
-                                row_tile(full * tile.rows, tail)
+                            _row_tiles(size, tile.rows, row_tile)
 
                     def bf16_block(ob, o0, rows, size):
                         """One block of output channels on the micro-kernel, written to Y, then its
@@ -323,12 +328,7 @@ def gemm_conv_kernel(geom: ConvGeometry, out_channels: int, epilogue: Epilogue, 
                                 bf16.emit_tile_call(panel, r0, size, Wp, ob * kpairs * weight_width, weight_width,
                                                     kpairs, nrows, rows, Y, y_at + r0, 1, pixels)
 
-                            full, tail = divmod(size, tile.rows)
-                            if full:
-                                with T.serial(0, full) as r:
-                                    row_tile(r * tile.rows, tile.rows)
-                            if tail:
-                                row_tile(full * tile.rows, tail)
+                            _row_tiles(size, tile.rows, row_tile)
                         if epilogue.bias or epilogue.residual or epilogue.relu:
                             with T.serial(0, rows) as i:
                                 for c0, width in vector_pieces(size, lanes):
