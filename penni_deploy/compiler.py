@@ -20,10 +20,13 @@ import tvm
 from . import __version__
 from .artifact.manifest import FORMAT_VERSION, Manifest, TensorSpec
 from .artifact.package import write_artifact
+from .errors import InputSpecError, PenniError, UnsupportedModelError
 from .frontend import export_program, load_model, resolve_input_shape, to_relax
 from .frontend.load_model import LoadedModel
+from .frontend.rebatch import rebatch_program
 from .passes import PipelineOptions, graph_passes, run_passes
 from .passes.layer_report import describe_conv_layers
+from .plan.micro_batch import choose_micro_batch, layer_footprint_bytes
 from .targets import get_target
 
 logger = logging.getLogger(__name__)
@@ -103,10 +106,6 @@ def graph_for_build(program: torch.export.ExportedProgram, input_shape: tuple[in
     ``retrace(shape)`` traces the model again at another batch size (the model file's own export;
     by default ``program`` is re-exported, which a graph that fixed its batch size refuses).
     """
-    from .errors import InputSpecError
-    from .frontend.rebatch import rebatch_program
-    from .plan.micro_batch import choose_micro_batch, layer_footprint_bytes
-
     batch = input_shape[0]
     if options.micro_batch is not None and (options.micro_batch < 1 or batch % options.micro_batch):
         raise InputSpecError(f"--micro-batch {options.micro_batch} must divide the batch size {batch}")
@@ -122,8 +121,6 @@ def graph_for_build(program: torch.export.ExportedProgram, input_shape: tuple[in
         program = (retrace or (lambda shape: rebatch_program(program, shape)))((images, *input_shape[1:]))
     except Exception as exc:  # the graph fixed its batch size (view(8, -1) and the like)
         if options.micro_batch is not None:
-            from .errors import UnsupportedModelError
-
             raise UnsupportedModelError(f"cannot trace the model for --micro-batch {images}: "
                                         f"{str(exc).strip().splitlines()[0]}") from None
         logger.info("cannot trace for micro-batches of %d (%s): running all %d images at once", images, exc, batch)
@@ -159,7 +156,6 @@ def compile_program(program: torch.export.ExportedProgram, input_shape: tuple[in
 def _choosers(target, tuning_db: str | None):
     """The layer chooser and MetaSchedule folder of a build: the tuning database's, or the defaults."""
     if options_db := tuning_db:
-        from .errors import PenniError
         from .tuning.chooser import DatabaseChooser
         from .tuning.database import TuningDatabase
 
