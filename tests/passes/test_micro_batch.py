@@ -12,6 +12,7 @@ from penni_deploy.cli import main
 from penni_deploy.compiler import CompileOptions
 from penni_deploy.errors import PenniError
 from penni_deploy.plan.micro_batch import choose_micro_batch, layer_footprint_bytes
+from penni_deploy.targets.x86 import X86Target
 
 MB = 1 << 20
 
@@ -74,6 +75,18 @@ def test_weights_are_not_copied_per_micro_batch(tmp_path):
     assert micro.library["bytes"] - whole.library["bytes"] < weights / 4
 
 
+def test_the_automatic_choice_splits_when_the_cache_is_small(tiny_batch6, tmp_path, monkeypatch):
+    model, path, _ = tiny_batch6
+    footprint = 4 * (8 * 12 * 12 + 2 * 16 * 6 * 6 + 8 * 12 * 12)  # about 10 KB per image, at most
+    monkeypatch.setattr(X86Target, "micro_batch_cache_bytes", lambda self: 6 * footprint)  # 3 images fit half
+    manifest = penni_deploy.compile_model(str(path), str(tmp_path / "auto.penni"))
+    assert manifest.micro_batch in (1, 2, 3)
+    x = np.random.default_rng(0).standard_normal((6, 3, 12, 12)).astype(np.float32)
+    with torch.no_grad():
+        np.testing.assert_allclose(penni_deploy.load(tmp_path / "auto.penni")(x), model(torch.from_numpy(x)).numpy(),
+                                   rtol=1e-5, atol=1e-5)
+
+
 def test_micro_batch_must_divide_the_batch(tiny_batch6, tmp_path, capsys):
     _, path, _ = tiny_batch6
     out = tmp_path / "x.penni"
@@ -81,7 +94,7 @@ def test_micro_batch_must_divide_the_batch(tiny_batch6, tmp_path, capsys):
     assert "--micro-batch 4 must divide the batch size 6" in capsys.readouterr().err and not out.exists()
 
 
-def test_a_graph_that_fixed_its_batch_runs_whole_when_not_asked(tmp_path):
+def test_a_graph_that_fixed_its_batch_runs_whole_when_not_asked(tmp_path, monkeypatch):
     class FixedBatch(torch.nn.Module):
         def __init__(self):
             super().__init__()
@@ -92,7 +105,9 @@ def test_a_graph_that_fixed_its_batch_runs_whole_when_not_asked(tmp_path):
 
     path = tmp_path / "fixed.pt2"
     torch.export.save(torch.export.export(FixedBatch().eval(), (torch.zeros(4, 3, 8, 8),)), str(path))
+    # a cache so small that the automatic choice wants one image at a time, and cannot trace it
+    monkeypatch.setattr(X86Target, "micro_batch_cache_bytes", lambda self: 1024)
     manifest = penni_deploy.compile_model(str(path), str(tmp_path / "a.penni"))
-    assert manifest.micro_batch is None  # nothing asked, nothing split
+    assert manifest.micro_batch is None  # not asked by hand: the whole batch at once, no error
     with pytest.raises(PenniError, match="cannot trace the model for --micro-batch 2"):
         penni_deploy.compile_model(str(path), str(tmp_path / "b.penni"), options=CompileOptions(micro_batch=2))

@@ -34,7 +34,7 @@ tile_rows(int rows_const, const uint32_t* a, int32_t lda, const uint32_t* b, int
   for (int i = 0; i < rows_const; i++)
 #pragma GCC unroll 3
     for (int v = 0; v < PENNI_TILE_VECTORS; v++) acc[i][v] = _mm512_setzero_ps();
-  if (vectors == 3 && cols == 48) {
+  if (cols == 16 * PENNI_TILE_VECTORS) {  /* the full tile: no masks */
     for (int32_t p = 0; p < kpairs; p++) {
       const uint32_t* bp = b + (int64_t)p * ldb;
       __m512bh b0 = (__m512bh)_mm512_loadu_si512(bp), b1 = (__m512bh)_mm512_loadu_si512(bp + 16),
