@@ -71,8 +71,33 @@ Target = Annotated[str, typer.Option(help="Compilation target.")]
 Mcpu = Annotated[Optional[str], typer.Option(help="CPU to build for (LLVM name, e.g. skylake-avx512); default: this host.")]
 Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="No progress output.")]
 Precision = Annotated[str, typer.Option(
-    help="fp32, or bf16 (x86 with AVX512_BF16): dense convs and Linear multiply bf16-rounded weights and "
-         "activations, summing in float32; PENNI layers, input and output stay float32.")]
+    help="fp32; bf16 (x86 with AVX512_BF16): dense convs and Linear multiply bf16-rounded weights and "
+         "activations, summing in float32, PENNI layers stay float32; or int8 (x86 with AVX512_VNNI, needs "
+         "--calibration): convs in int8 where that is faster. Input and output stay float32.")]
+Calibration = Annotated[Optional[Path], typer.Option(
+    help="int8: a .npy float32 N×C×H×W array of representative, preprocessed inputs (a few hundred images); "
+         "each layer's input range is measured on it.")]
+CalibrationMethod = Annotated[str, typer.Option(
+    help="int8: minmax (the extremes seen), or percentile (clip at --percentile of the values seen).")]
+Percentile = Annotated[float, typer.Option(help="int8 with --calibration-method percentile: the percentile kept.")]
+
+
+def _check_calibration_options(options) -> None:
+    """Refuse calibration options that would be ignored or cannot work, before any compiling."""
+    from .plan.quantize import CALIBRATION_METHODS
+
+    if options.calibration_method not in CALIBRATION_METHODS:
+        raise InputSpecError(f"--calibration-method must be one of {', '.join(CALIBRATION_METHODS)}, "
+                             f"not {options.calibration_method!r}")
+    if not 50.0 < options.percentile <= 100.0:
+        raise InputSpecError(f"--percentile {options.percentile} must be in (50, 100]")
+    if options.precision == "int8" and options.calibration is None:
+        raise InputSpecError("--precision int8 needs --calibration X.npy: a float32 N×C×H×W array of "
+                             "representative, preprocessed inputs (a few hundred images)")
+    if options.precision != "int8" and options.calibration is not None:
+        raise InputSpecError("--calibration is for --precision int8; drop it, or add --precision int8")
+    if options.calibration is not None and not os.path.isfile(options.calibration):
+        raise InputSpecError(f"--calibration {options.calibration}: no such file")
 
 
 @app.command()
@@ -82,6 +107,15 @@ def compile(  # noqa: A001 - the command is called compile
     target: Target = "x86",
     mcpu: Mcpu = None,
     precision: Precision = "fp32",
+    calibration: Calibration = None,
+    calibration_method: CalibrationMethod = "minmax",
+    percentile: Percentile = 99.99,
+    int8_layers: Annotated[str, typer.Option(
+        help="int8: auto (each PENNI layer in int8 where that is estimated faster than float32), or all.")] = "auto",
+    eval_data: Annotated[Optional[Path], typer.Option(
+        help="A labelled CIFAR-10 folder (as `compress` reads): print the top-1 on its test split of this build "
+             "and of the float32 build side by side.")] = None,
+    eval_images: Annotated[Optional[int], typer.Option(help="--eval-data: the first N test images only.")] = None,
     arch: Arch = None,
     trust_pickle: TrustPickle = False,
     input_shape: InputShape = None,
@@ -103,8 +137,11 @@ def compile(  # noqa: A001 - the command is called compile
     model_arch, gpu_arch = _split_arch(arch)
     options = CompileOptions(target=target, mcpu=mcpu, gpu_arch=gpu_arch, pipeline=pipeline,
                              tuning_db=str(tuning_db) if tuning_db else None, precision=precision,
-                             micro_batch=micro_batch)
+                             micro_batch=micro_batch, calibration=str(calibration) if calibration else None,
+                             calibration_method=calibration_method, percentile=percentile,
+                             int8_layers=int8_layers)
     options.make_target()  # an unsupported --precision or --mcpu fails here, before loading the model
+    _check_calibration_options(options)
     progress = Progress(quiet, stages=COMPILE_STAGES, label="compile")
     with progress.activate():
         manifest = compile_model(str(model), str(output), arch=model_arch, trust_pickle=trust_pickle,
@@ -112,6 +149,74 @@ def compile(  # noqa: A001 - the command is called compile
     if report:
         typer.echo(format_layer_table(manifest.layers))
     progress.line(f"wrote {output} ({manifest.library['bytes'] / 1e6:.1f} MB library)")
+    if eval_data is not None:
+        _print_top1_against_fp32(str(model), str(output), str(eval_data), eval_images, options, model_arch,
+                                 trust_pickle, _shape(input_shape), batch, quiet)
+
+
+def _print_top1_against_fp32(model, artifact, data, limit, options, model_arch, trust_pickle, input_shape, batch,
+                             quiet) -> None:
+    """``--eval-data``: top-1 of the artifact just written and of the same model built in float32."""
+    import dataclasses
+    import tempfile
+
+    from .artifact.runtime import load
+    from .compiler import compile_model
+    from .evaluate import top1
+
+    rows = []
+    with tempfile.TemporaryDirectory(prefix="penni-eval-") as tmp:
+        reference = artifact
+        if options.precision != "fp32":
+            reference = os.path.join(tmp, "fp32.penni")
+            fp32 = dataclasses.replace(options, precision="fp32", calibration=None, int8_layers="auto")
+            progress = Progress(quiet, label="fp32 build")
+            with progress.activate():
+                compile_model(model, reference, arch=model_arch, trust_pickle=trust_pickle, input_shape=input_shape,
+                              batch=batch, options=fp32, progress=progress)
+        for name, path in (("fp32", reference), (options.precision, artifact)):
+            rows.append((name, top1(load(path), data, limit)))
+            if path == reference and reference == artifact:
+                break
+    base = rows[0][1]
+    line = f"top-1 on {data} (test split, {base.images} images): " + "   ".join(
+        f"{name} {result.top1:.2%}" for name, result in rows)
+    if len(rows) == 2:
+        other = rows[1][1]
+        agree = float((other.predictions == base.predictions).mean())
+        line += f"   ({(other.top1 - base.top1) * 100:+.2f} points; the same prediction on {agree:.2%} of images)"
+    typer.echo(line)
+
+
+@app.command("calibration-set")
+def calibration_set_command(
+    data: Annotated[Path, typer.Argument(help="A CIFAR-10 folder (as `compress` reads it).")],
+    output: Annotated[Path, typer.Option("-o", "--output", help=".npy file to write.")] = Path("calibration.npy"),
+    images: Annotated[int, typer.Option(help="Training images to draw at random.")] = 256,
+    seed: Annotated[int, typer.Option(help="Seed of the draw.")] = 0,
+    mean: Annotated[Optional[str], typer.Option(help="Per-channel mean of [0, 1] pixels (default: CIFAR-10's).")] = None,
+    std: Annotated[Optional[str], typer.Option(help="Per-channel std (default: CIFAR-10's).")] = None,
+) -> None:
+    """Write a --calibration array for `compile --precision int8`: IMAGES preprocessed training images of DATA."""
+    import numpy as np
+
+    from .evaluate import calibration_set
+
+    if images < 1:
+        raise InputSpecError(f"--images {images} must be at least 1")
+    check_output_file(output, "-o", create_folders=True)
+    pre = {}
+    for key, value in (("mean", mean), ("std", std)):
+        if value is not None:
+            try:
+                pre[key] = [float(v) for v in value.split(",")]
+            except ValueError:
+                raise InputSpecError(f"--{key} {value!r} must be comma-separated numbers, e.g. 0.5,0.5,0.5") from None
+    x = calibration_set(str(data), images, pre or None, seed)
+    tmp = f"{output}.partial.npy"
+    np.save(tmp, x)
+    os.replace(tmp, output)
+    typer.echo(f"wrote {output}: {x.shape[0]} images, {'×'.join(map(str, x.shape[1:]))}, float32")
 
 
 @app.command()
@@ -250,6 +355,11 @@ def inspect(
     typer.echo(f"precision    {t.get('precision', 'fp32')}")
     if manifest.micro_batch:
         typer.echo(f"micro-batch  {manifest.micro_batch} image(s) per pass through the network")
+    if manifest.calibration:
+        c = manifest.calibration
+        typer.echo(f"calibration  {c['images']} images, {c['method']}"
+                   + (f" {c['percentile']}" if "percentile" in c else "") + f", sha256 {c['sha256'][:16]}…"
+                   + f"; int8 layers: {t.get('int8_layers', 'auto')}")
     for spec in manifest.inputs:
         typer.echo(f"input        {spec.name} {spec.dtype}{spec.shape}")
     for spec in manifest.outputs:

@@ -8,18 +8,21 @@ optional callback so long compiles show where they are.
 from __future__ import annotations
 
 import datetime
+import hashlib
 import logging
 import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+import numpy as np
 import torch
 import tvm
 
 from . import __version__
 from .artifact.manifest import FORMAT_VERSION, Manifest, TensorSpec
 from .artifact.package import write_artifact
+from .calibration import annotate_input_ranges, calibrate, load_calibration
 from .errors import InputSpecError, PenniError, UnsupportedModelError
 from .frontend import export_program, load_model, resolve_input_shape, to_relax
 from .frontend.load_model import LoadedModel
@@ -27,6 +30,7 @@ from .frontend.rebatch import rebatch_program
 from .passes import PipelineOptions, graph_passes, run_passes
 from .passes.layer_report import describe_conv_layers
 from .plan.micro_batch import choose_micro_batch, layer_footprint_bytes
+from .plan.quantize import DEFAULT_PERCENTILE
 from .targets import get_target
 
 logger = logging.getLogger(__name__)
@@ -57,8 +61,16 @@ class CompileOptions:
         A folder written by ``penni-deploy tune``: each layer then uses its fastest measured
         kernels (the cost model decides for layers the database does not know).
     precision : str
-        ``fp32``, or ``bf16`` (x86 with AVX512_BF16): the dense layers multiply bf16-rounded
-        operands into float32 sums; see ``targets.x86.X86Target``.
+        ``fp32``, ``bf16`` (x86 with AVX512_BF16: the dense layers multiply bf16-rounded operands
+        into float32 sums) or ``int8`` (x86 with AVX512_VNNI, needs ``calibration``); see
+        ``targets.x86.X86Target``.
+    calibration : str or numpy.ndarray, optional
+        int8: representative preprocessed inputs (N×C×H×W float32, or a ``.npy`` file of them) whose
+        layer inputs set each layer's quantization range (``calibration.py``).
+    calibration_method : str
+        ``minmax`` or ``percentile`` (clip each range at ``percentile`` of the values seen).
+    int8_layers : str
+        ``auto`` or ``all``: which PENNI layers an int8 build runs in int8 (``targets.x86.X86Target``).
     micro_batch : int, optional
         Images per pass through the network (a divisor of the batch); by default chosen so that a
         layer's tensors fit the target's cache (``plan.micro_batch``).
@@ -72,9 +84,14 @@ class CompileOptions:
     tuning_db: str | None = None
     precision: str = "fp32"
     micro_batch: int | None = None
+    calibration: object = field(default=None, compare=False)
+    calibration_method: str = "minmax"
+    percentile: float = DEFAULT_PERCENTILE
+    int8_layers: str = "auto"
 
     def make_target(self):
-        return get_target(self.target, mcpu=self.mcpu, arch=self.gpu_arch, precision=self.precision)
+        return get_target(self.target, mcpu=self.mcpu, arch=self.gpu_arch, precision=self.precision,
+                          int8_layers=self.int8_layers)
 
 
 @dataclass(frozen=True, eq=False)
@@ -89,6 +106,7 @@ class CompiledProgram:
     pass_seconds: dict[str, float]
     kernels: list[dict] = field(default_factory=list)  # the kernel table (``targets/kernel_table.py``)
     micro_batch: int | None = None  # images per pass through the network, when less than the batch
+    calibration: dict | None = None  # int8: what the ranges were calibrated on (the manifest's)
 
 
 def _quiet(_msg: str) -> None:
@@ -138,6 +156,11 @@ def compile_program(program: torch.export.ExportedProgram, input_shape: tuple[in
     ``graph_for_build``)."""
     target = options.make_target()
     mod, micro_batch, seconds = graph_for_build(program, tuple(input_shape), target, options, progress, retrace)
+    calibration = None
+    if options.precision == "int8":
+        start = time.perf_counter()
+        mod, calibration = _calibrated(mod, tuple(input_shape), options, progress)
+        seconds["calibration"] = time.perf_counter() - start
     chooser, metaschedule_dir = _choosers(target, options.tuning_db)
     layers = describe_conv_layers(mod, chooser)
     repeats = input_shape[0] // micro_batch
@@ -150,7 +173,28 @@ def compile_program(program: torch.export.ExportedProgram, input_shape: tuple[in
     executable = target.build(mod, chooser, metaschedule_dir, kernel_table=kernels, micro_batches=repeats)
     seconds["build"] = time.perf_counter() - start
     return CompiledProgram(executable, target, tuple(input_shape), output_shape, layers, seconds, kernels,
-                           micro_batch if repeats > 1 else None)
+                           micro_batch if repeats > 1 else None, calibration)
+
+
+def _calibrated(mod: tvm.IRModule, input_shape: tuple[int, ...], options: CompileOptions,
+                progress: Progress) -> tuple[tvm.IRModule, dict]:
+    """``mod`` with every conv layer's calibrated input range, and what the manifest records of it."""
+    if options.calibration is None:
+        raise InputSpecError("--precision int8 needs --calibration X.npy: a float32 N×C×H×W array of "
+                             "representative, preprocessed inputs (a few hundred images) to set each layer's scale")
+    if isinstance(options.calibration, str):
+        data = load_calibration(options.calibration, input_shape)
+    else:
+        data = np.ascontiguousarray(options.calibration, dtype=np.float32)
+        if data.ndim != 4 or data.shape[1:] != tuple(input_shape[1:]):
+            raise InputSpecError(f"calibration array of shape {data.shape} does not match the input {input_shape}")
+    progress(f"calibrating int8 ranges on {len(data)} images ({options.calibration_method})")
+    ranges = calibrate(mod, data, method=options.calibration_method, percentile=options.percentile)
+    info = {"images": int(len(data)), "method": options.calibration_method,
+            "sha256": hashlib.sha256(data.tobytes()).hexdigest()}
+    if options.calibration_method == "percentile":
+        info["percentile"] = options.percentile
+    return annotate_input_ranges(mod, ranges), info
 
 
 def _choosers(target, tuning_db: str | None):
@@ -191,6 +235,7 @@ def compile_loaded(loaded: LoadedModel, output: str, *, input_shape: tuple[int, 
         layers=built.layers,
         kernels=built.kernels,
         micro_batch=built.micro_batch,
+        calibration=built.calibration,
         created=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         preprocessing=loaded.preprocessing.to_dict() if loaded.preprocessing else None,
     )

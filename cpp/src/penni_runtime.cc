@@ -149,6 +149,11 @@ std::vector<std::string> MissingCpuFeatures(const std::string& isa, const std::s
   if (isa == "avx512") needed = {"avx512f"};
   if (isa == "avx2") needed = {"avx2", "fma"};
   if (precision == "bf16") needed.push_back("avx512_bf16");  // the vdpbf16ps micro-kernel
+  if (precision == "int8") {                                 // the vpdpbusd conv tile
+    needed.push_back("avx512bw");
+    needed.push_back("avx512vl");
+    needed.push_back("avx512_vnni");
+  }
   std::ifstream cpuinfo("/proc/cpuinfo");
   std::string line, flags;
   while (std::getline(cpuinfo, line)) {
@@ -224,7 +229,7 @@ void CheckRuntime(const Manifest& m) {
     if (!missing.empty()) {
       throw Error("artifact was built for CPU " + m.mcpu + " (" + m.isa + ", " + m.precision + ") but this CPU lacks " +
                   Join(missing) + "; recompile for this machine (penni-deploy compile without --mcpu" +
-                  (m.precision == "bf16" ? ", or with --precision fp32)" : ")"));
+                  (m.precision != "fp32" ? ", or with --precision fp32)" : ")"));
     }
   } else {
     throw Error("artifact targets device " + m.device + ", which penni-run cannot run; recompile with --target x86");

@@ -45,9 +45,14 @@ class Manifest:
     #: Images per pass through the network when the build runs a batch in micro-batches
     #: (``plan.micro_batch``); None when it runs the whole batch at once. ``layers`` are per pass.
     micro_batch: int | None = None
+    #: int8 builds: how the layers' input ranges were calibrated (images, method, percentile, the
+    #: array's sha256); None otherwise.
+    calibration: dict[str, Any] | None = None
 
     def to_json(self) -> str:
         raw = asdict(self)
+        if raw["calibration"] is None:
+            del raw["calibration"]
         if raw["preprocessing"] is None:
             del raw["preprocessing"]  # say nothing rather than null: no values were known
         if raw["micro_batch"] is None:

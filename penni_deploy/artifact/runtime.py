@@ -188,8 +188,7 @@ def gpu_code_runs_on(code: list[str], capability: int) -> bool:
 def _missing_cpu_features(target: dict[str, Any], flags: list[str] | None = None) -> list[str]:
     """CPU features the artifact's ISA needs that this CPU (or ``flags``) lacks."""
     needed = {"avx512": ["avx512f"], "avx2": ["avx2", "fma"]}.get(target.get("isa", ""), [])
-    if target.get("precision") == "bf16":
-        needed = needed + ["avx512_bf16"]
+    needed = needed + {"bf16": ["avx512_bf16"], "int8": ["avx512bw", "avx512vl", "avx512_vnni"]}.get(target.get("precision"), [])
     if flags is None:
         flags = cpu_flags()
     if flags is None:

@@ -13,6 +13,7 @@ from tvm import relax
 from ..errors import UnsupportedModelError
 from ..plan.epilogue import Epilogue
 from ..plan.geometry import ConvGeometry
+from ..plan.quantize import ActivationRange
 from ..plan.layers import DENSE_COMPOSITE, PENNI_COMPOSITE, ConvChain, PenniLayerPlan, plan_penni_layer
 from .ir_utils import const_value, is_call_to, static_shape
 
@@ -25,6 +26,22 @@ def _geometry(conv: relax.Call, in_shape) -> ConvGeometry:
     return ConvGeometry(in_shape[0], in_shape[1], in_shape[2], in_shape[3], kh, kw,
                         tuple(int(s) for s in a.strides), tuple(int(p) for p in a.padding),
                         tuple(int(d) for d in a.dilation))
+
+
+#: Composite attribute holding the calibrated input range, ``"low high"`` (``calibration.py`` sets it).
+INPUT_RANGE_ATTR = "penni_deploy.input_range"
+
+
+def with_input_range(func: relax.Function, rng: ActivationRange) -> relax.Function:
+    """``func`` (a conv composite) carrying the calibrated range of its input."""
+    return func.with_attr(INPUT_RANGE_ATTR, f"{rng.low!r} {rng.high!r}")
+
+
+def read_input_range(func: relax.Function) -> ActivationRange | None:
+    if func.attrs is None or INPUT_RANGE_ATTR not in func.attrs:
+        return None
+    low, high = str(func.attrs[INPUT_RANGE_ATTR]).split()
+    return ActivationRange(float(low), float(high))
 
 
 def read_conv_chain(func: relax.Function) -> ConvChain:
@@ -54,11 +71,13 @@ def read_conv_chain(func: relax.Function) -> ConvChain:
         if var is not None and any(arg in chain_vars for arg in getattr(value, "args", ())):
             chain_vars.add(var)
     out_shape = static_shape(func.body.body) if static_shape(func.body.body) else static_shape(last)
+    input_range = read_input_range(func)
     if kind == PENNI_COMPOSITE:
         coefs = const_value(last.args[1])
         return ConvChain(kind, _geometry(first, in_shape), out_shape, coefs.reshape(coefs.shape[0], -1),
-                         const_value(first.args[1]), bias, epilogue, params.index(first.args[0]), residual_param)
+                         const_value(first.args[1]), bias, epilogue, params.index(first.args[0]), residual_param,
+                         input_range)
     if kind == DENSE_COMPOSITE:
         return ConvChain(kind, _geometry(first, in_shape), out_shape, const_value(first.args[1]), None, bias,
-                         epilogue, params.index(first.args[0]), residual_param)
+                         epilogue, params.index(first.args[0]), residual_param, input_range)
     raise UnsupportedModelError(f"internal: unknown composite {kind!r}")

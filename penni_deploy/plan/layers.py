@@ -15,6 +15,7 @@ import scipy.sparse
 
 from .epilogue import Epilogue
 from .geometry import ConvGeometry, group_maps_by_channel
+from .quantize import ActivationRange
 
 #: ``ConvChain.kind`` values: the names of the composite functions ``FuseConvEpilogues`` makes.
 PENNI_COMPOSITE = "penni_deploy.penni_conv"
@@ -35,6 +36,7 @@ class ConvChain:
     epilogue: Epilogue
     input_param: int  # index of the composite's parameter that is the conv input
     residual_param: int | None  # ... and of the residual, when fused
+    input_range: ActivationRange | None = None  # the calibrated range of the input (int8 builds)
 
     @property
     def out_channels(self) -> int:
@@ -107,7 +109,7 @@ def dense_as_penni(chain: ConvChain) -> ConvChain:
     basis = np.tile(one_hot, (cin, 1, 1, 1))  # (Cin·k², 1, kh, kw): the same taps for every channel
     coefs = np.ascontiguousarray(chain.weight.reshape(cout, cin * taps), dtype=np.float32)  # OIHW flattened
     return ConvChain(PENNI_COMPOSITE, g, chain.out_shape, coefs, basis, chain.bias, chain.epilogue,
-                     chain.input_param, chain.residual_param)
+                     chain.input_param, chain.residual_param, chain.input_range)
 
 
 def plan_penni_layer(chain: ConvChain) -> PenniLayerPlan:

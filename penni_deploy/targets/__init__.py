@@ -24,12 +24,12 @@ def _cuda(**options) -> Target:
 # Name -> (factory, the options it takes). Factories import lazily so that e.g. GPU tooling is only
 # loaded when asked for.
 TARGET_FACTORIES = {
-    "x86": (_x86, ("mcpu", "precision")),
+    "x86": (_x86, ("mcpu", "precision", "int8_layers")),
     "cuda": (_cuda, ("arch",)),
 }
 
 # How each option is spelled on the command line, for error messages.
-_FLAGS = {"mcpu": "--mcpu", "arch": "--arch sm_XX", "precision": "--precision"}
+_FLAGS = {"mcpu": "--mcpu", "arch": "--arch sm_XX", "precision": "--precision", "int8_layers": "--int8-layers"}
 
 
 def get_target(name: str, **options) -> Target:
@@ -38,8 +38,8 @@ def get_target(name: str, **options) -> Target:
     if name not in TARGET_FACTORIES:
         raise TargetError(f"unknown target {name!r}; choose one of: {', '.join(TARGET_FACTORIES)}")
     factory, accepted = TARGET_FACTORIES[name]
-    if options.get("precision") == "fp32":  # every target's default
-        options = {k: v for k, v in options.items() if k != "precision"}
+    defaults = {"precision": "fp32", "int8_layers": "auto"}  # every target's
+    options = {k: v for k, v in options.items() if defaults.get(k, object()) != v}
     for option, value in options.items():
         if value is not None and option not in accepted:
             users = [t for t, (_, opts) in TARGET_FACTORIES.items() if option in opts]

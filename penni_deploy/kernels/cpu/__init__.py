@@ -26,23 +26,32 @@ from .gemm import (
     pack_weights,
     pick_orientation,
 )
-from . import bf16
+from . import bf16, int8
 from .fused_layer import fused_penni_kernel
+from ...plan.quantize import InputQuantization, dense_weights_of_penni
 
 #: Beyond this many nonzeros a pattern-specialized kernel takes too long to compile for its gain.
 MAX_UNROLLED_NNZ = 6_000
 
 
 class CpuKernels(KernelLibrary):
-    """The CPU kernels, for a vector register of ``lanes`` float32 values; ``precision`` is that of
-    the dense layers (``gemm.PRECISIONS``; PENNI layers are float32 at every precision)."""
+    """The CPU kernels, for a vector register of ``lanes`` float32 values.
+
+    ``precision``: ``fp32``; ``bf16`` for the dense layers (PENNI layers stay float32); or ``int8``:
+    every conv with a calibrated input range (``ConvChain.input_range``) on the int8 conv
+    (``int8.py``), a PENNI layer only where that is estimated cheaper than its float32 kernels;
+    Linear stays float32.
+    """
 
     name = "cpu"
 
-    def __init__(self, lanes: int, threads: int = 1, precision: str = "fp32"):
+    def __init__(self, lanes: int, threads: int = 1, precision: str = "fp32", int8_layers: str = "auto"):
         self.lanes = lanes
         self.threads = threads
         self.precision = precision
+        self.int8_layers = int8_layers  # "all": every PENNI layer with a range in int8, not just the cheaper
+        # what the GEMM kernels (dense convs without a range, Linear) run at
+        self.gemm_precision = "fp32" if precision == "int8" else precision
 
     def basis_conv(self, plan):
         return self._basis_kernel(plan), [plan.channels, plan.map_ptr, plan.map_weights]
@@ -59,10 +68,13 @@ class CpuKernels(KernelLibrary):
                                     plan.coefs.nnz, chain.epilogue, lanes=self.lanes)
 
     def dense_conv(self, chain):
+        if self.precision == "int8" and chain.input_range is not None:
+            packed = self._int8_packed(chain, chain.weight)
+            return int8.int8_conv_kernel(chain.geometry, packed, chain.epilogue, self.threads), packed.constants
         g, cout = chain.geometry, chain.out_channels
         orientation = pick_orientation(chain.pixels, cout, self.lanes)
         kernel = gemm_conv_kernel(g, cout, chain.epilogue, lanes=self.lanes, threads=self.threads,
-                                  orientation=orientation, precision=self.precision)
+                                  orientation=orientation, precision=self.gemm_precision)
         constants = [self._packed(pack_weights(chain.weight.reshape(cout, -1).astype(np.float32), orientation,
                                                default_tile(self.lanes)))]
         if needs_base_table(g):
@@ -73,13 +85,33 @@ class CpuKernels(KernelLibrary):
         depth, out_features = weight.shape
         tile = default_tile(self.lanes)
         kernel = linear_kernel(batch, depth, out_features, lanes=self.lanes, threads=self.threads, tile=tile,
-                               precision=self.precision)
+                               precision=self.gemm_precision)
         # weight is (K, out): pack its transpose, (out, K), like a conv's.
         return kernel, [self._packed(pack_weights(np.ascontiguousarray(weight.T, dtype=np.float32), "channels", tile))]
 
     def _packed(self, weights: np.ndarray) -> np.ndarray:
         """Packed float32 weights in this library's precision."""
-        return bf16.pack_weight_pairs(weights) if self.precision == "bf16" else weights
+        return bf16.pack_weight_pairs(weights) if self.gemm_precision == "bf16" else weights
+
+    def _int8_packed(self, chain, weight) -> int8.PackedInt8Conv:
+        quant = InputQuantization.from_range(chain.input_range)
+        return int8.pack_int8_conv(np.asarray(weight, np.float32), chain.geometry, quant,
+                                   int8.tile_rows_for(chain.geometry))
+
+    def int8_penni(self, plan) -> int8.PackedInt8Conv | None:
+        """The int8 conv of a PENNI layer, when this build is int8, the layer has a calibrated input
+        range and the int8 conv is estimated cheaper than the float32 PENNI kernels (or
+        ``int8_layers`` is ``all``); else None."""
+        chain = plan.chain
+        if self.precision != "int8" or chain.input_range is None:
+            return None
+        g = chain.geometry
+        dense = dense_weights_of_penni(chain.weight, chain.basis_weight, g.in_channels)
+        packed = self._int8_packed(chain, dense)
+        int8_cost = int8.int8_vector_steps(g, packed.nnz_quads, chain.out_channels)
+        fp32_cost = int8.fp32_penni_vector_steps(plan.n_maps, g.kernel_h * g.kernel_w, plan.coefs.nnz,
+                                                 chain.pixels, self.lanes)
+        return packed if self.int8_layers == "all" or int8_cost < fp32_cost else None
 
     def supports(self, config: KernelConfig) -> bool:
         return True
@@ -88,6 +120,9 @@ class CpuKernels(KernelLibrary):
         chain = plan.chain
         g = chain.geometry
         out_shape = (g.batch, chain.out_channels, chain.pixels)
+        if (packed := self.int8_penni(plan)) is not None:
+            kernel = int8.int8_conv_kernel(g, packed, chain.epilogue, self.threads)
+            return [KernelStep(kernel, "penni_int8_conv", packed.constants, out_shape, takes_epilogue=True)]
         if config.order == "coef_first":
             coef_first = plan.coef_first()
             if coef_first is None:

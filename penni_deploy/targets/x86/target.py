@@ -9,7 +9,6 @@ from tvm.target import codegen
 
 from ...errors import TargetError
 from ...kernels.cpu import CpuKernels
-from ...kernels.cpu.gemm import PRECISIONS
 from ...machine import available_cores, last_level_cache_bytes
 from ..base import Target
 from ..common import lowering_passes
@@ -18,6 +17,11 @@ from .schedules import ScheduleRemainingOps
 # LLVM's default triple on these wheels names a conda toolchain, which makes mcpu fall back to
 # generic x86-64 code; always pin a plain Linux triple.
 X86_TRIPLE = "x86_64-linux-gnu"
+#: ``--precision`` values, and the LLVM features each needs beyond AVX-512F (the instruction, for errors).
+PRECISIONS = {"fp32": ((), ""), "bf16": (("avx512bf16",), "AVX512_BF16 (vdpbf16ps)"),
+              "int8": (("avx512bw", "avx512vl", "avx512vnni"), "AVX512_VNNI (vpdpbusd)")}
+#: ``--int8-layers`` values (see ``X86Target``).
+INT8_LAYERS = ("auto", "all")
 
 
 class X86Target(Target):
@@ -33,12 +37,18 @@ class X86Target(Target):
     precision : str
         ``fp32``, or ``bf16``: the dense layers (convs and Linear) multiply bf16-rounded weights and
         activations, summing in float32 with ``vdpbf16ps`` (the CPU needs AVX512_BF16); the PENNI
-        layers and everything else stay float32.
+        layers and everything else stay float32. ``int8``: convs whose input range was calibrated
+        (``calibration.py``) run on ``vpdpbusd`` (AVX512_VNNI) with int8 weights per output channel
+        and uint8 activations per tensor, where that is estimated faster (``kernels/cpu/int8.py``).
+    int8_layers : str
+        int8 only: ``auto`` (each PENNI layer in int8 where the cost model estimates it faster than its
+        float32 kernels) or ``all`` (every conv with a calibrated range in int8).
     """
 
     name = "x86"
 
-    def __init__(self, mcpu: str | None = None, num_threads: int | None = None, precision: str = "fp32"):
+    def __init__(self, mcpu: str | None = None, num_threads: int | None = None, precision: str = "fp32",
+                 int8_layers: str = "auto"):
         self.mcpu = mcpu or codegen.llvm_get_system_cpu()
         if not codegen.llvm_is_valid_cpu(self.mcpu, X86_TRIPLE):
             raise TargetError(
@@ -55,12 +65,18 @@ class X86Target(Target):
             self._lanes, self.isa = 4, "sse"
         if precision not in PRECISIONS:
             raise TargetError(f"unknown --precision {precision!r}; choose one of: {', '.join(PRECISIONS)}")
-        if precision == "bf16" and not codegen.target_has_features(["avx512f", "avx512bf16"], self._tvm_target):
+        features, instruction = PRECISIONS[precision]
+        if features and not codegen.target_has_features(["avx512f", *features], self._tvm_target):
+            examples = "znver4, cooperlake, sapphirerapids" if precision == "bf16" else "znver4, icelake-server, cascadelake"
             raise TargetError(
-                f"--precision bf16 needs a CPU with AVX512_BF16 (vdpbf16ps), which {self.mcpu} lacks; compile "
-                "with --precision fp32, or for a CPU that has it with --mcpu (e.g. znver4, cooperlake, "
-                "sapphirerapids)")
+                f"--precision {precision} needs a CPU with {instruction}, which {self.mcpu} lacks; compile "
+                f"with --precision fp32, or for a CPU that has it with --mcpu (e.g. {examples})")
         self.precision = precision
+        if int8_layers not in INT8_LAYERS:
+            raise TargetError(f"--int8-layers must be one of {', '.join(INT8_LAYERS)}, not {int8_layers!r}")
+        if int8_layers != "auto" and precision != "int8":
+            raise TargetError("--int8-layers applies to --precision int8")
+        self.int8_layers = int8_layers
 
     @property
     def tvm_target(self) -> tvm.target.Target:
@@ -68,7 +84,8 @@ class X86Target(Target):
 
     @property
     def kernels(self) -> CpuKernels:
-        return CpuKernels(lanes=self._lanes, threads=self.num_threads, precision=self.precision)
+        return CpuKernels(lanes=self._lanes, threads=self.num_threads, precision=self.precision,
+                          int8_layers=self.int8_layers)
 
     @property
     def device(self) -> str:
@@ -76,14 +93,15 @@ class X86Target(Target):
 
     def describe(self) -> dict[str, Any]:
         return {"name": self.name, "device": self.device, "mcpu": self.mcpu, "mtriple": X86_TRIPLE,
-                "isa": self.isa, "precision": self.precision, "tvm_target": str(self._tvm_target)}
+                "isa": self.isa, "precision": self.precision, "tvm_target": str(self._tvm_target)} | (
+                    {"int8_layers": self.int8_layers} if self.precision == "int8" else {})
 
     def lowering_passes(self, chooser=None, metaschedule_dir: str | None = None) -> list[tvm.transform.Pass]:
         return lowering_passes(self.kernels, ScheduleRemainingOps(), chooser or self.default_chooser(),
                                metaschedule_dir)
 
     def build(self, mod, chooser=None, metaschedule_dir=None, kernel_table=None, micro_batches=1):
-        if self.precision == "bf16":  # an in-memory build resolves the micro-kernel from this process
+        if self.precision != "fp32":  # an in-memory build resolves the micro-kernels from this process
             from ...kernels.cpu.native import load_into_process
 
             load_into_process()

@@ -1,4 +1,5 @@
-"""C micro-kernels the TIR kernels call where TVM cannot emit the instruction (``vdpbf16ps``).
+"""C micro-kernels the TIR kernels call where TVM cannot emit the instruction (``vdpbf16ps``) or the
+data layout (the int8 conv's channel quads for ``vpdpbusd``).
 
 Two ways they reach the code that calls them:
 
@@ -24,9 +25,11 @@ from ....errors import TargetError
 _HERE = os.path.dirname(__file__)
 #: Linked into the library of every artifact whose kernels call them. A tuple: pass ``list(SOURCES)``
 #: to ``export_library``, which appends its own object files to the addons list it is given.
-SOURCES = (os.path.join(_HERE, "bf16_tile.c"),)
+SOURCES = (os.path.join(_HERE, "bf16_tile.c"), os.path.join(_HERE, "int8_conv.c"))
 #: The symbol the bf16 GEMM kernels call (see bf16_tile.c).
 BF16_TILE = "penni_bf16_tile"
+#: The symbol the int8 conv kernels call (see int8_conv.c).
+Q8_CONV_TILE = "penni_q8_conv_tile"
 #: Options for the sources; they carry their own ``target`` attributes, so no -m flags are needed
 #: and a library for any x86-64 CPU can hold them (they run only where the kernel calls them).
 COMPILE_OPTIONS = ["-O2"]
@@ -60,7 +63,7 @@ def load_into_process() -> ctypes.CDLL:
         if not os.path.exists(path):
             compiler = os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc")
             if compiler is None:
-                raise TargetError("building the bf16 micro-kernel needs a C compiler (cc or gcc) on PATH, "
+                raise TargetError("building the bf16 and int8 micro-kernels need a C compiler (cc or gcc) on PATH, "
                                   "or CC set; install gcc")
             os.makedirs(folder, exist_ok=True)
             fd, tmp = tempfile.mkstemp(dir=folder, suffix=".so")

@@ -1,0 +1,205 @@
+"""int8 convs on x86 with ``vpdpbusd`` (AVX512_VNNI): weight packing and the TIR task loop.
+
+The tile itself is C (``native/int8_conv.c``: quantize the rows a tile reads into channel quads,
+sparse quads of weights per output channel, float epilogue); this module packs a conv's weights into
+what it reads and generates the TIR kernel that hands it one (image, row tile) task at a time.
+
+A PENNI layer runs here as the conv it computes, ``W[o, i] = Σ_r C[o, i, r]·B[r]``, with the
+all-zero (o, channel quad, tap) weight quads skipped: ``vpdpbusd`` does four multiply-adds per lane
+on one quad, and the basis stage (one input channel per map) has no such reduction to feed it.
+``Int8Choice`` decides per layer whether that beats the float32 PENNI kernels.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from tvm import tirx
+from tvm.script.ir_builder import IRBuilder
+from tvm.script.ir_builder import tirx as T
+
+from ...plan.epilogue import Epilogue
+from ...plan.geometry import ConvGeometry
+from ...plan.quantize import InputQuantization, quantize_weights
+from ..signatures import epilogue_args
+from ..tir_helpers import F32, I32, KERNEL_ATTRS, parallel_tasks
+from .native import Q8_CONV_TILE
+
+U32 = "uint32"
+#: Order of the int32 geometry array the C tile reads (its ``G_*`` enum).
+GEOMETRY_FIELDS = ("cin", "h", "w", "kh", "kw", "sh", "sw", "ph", "pw", "dh", "dw", "ho", "wo", "cout", "row_words")
+#: The C tile's register block: output channels × vectors of 16 pixels (``PENNI_Q8_OUTPUTS``, ``_VECTORS``).
+BLOCK_OUTPUTS = 4
+TILE_VECTORS = 4
+#: Words past the last row of the scratch, for the masked lanes of the last vector.
+SLACK_WORDS = 32
+#: The C tile's flags.
+RELU, BIAS, RESIDUAL = 1, 2, 4
+
+
+def slots_per_tile(g: ConvGeometry, rows: int) -> int:
+    """Vectors of 16 output pixels in a tile of ``rows`` rows (rows of 8 or 4 columns share one)."""
+    wo = g.out_width
+    if wo > 8:
+        return rows * -(-wo // 16)
+    return -(-rows // (2 if wo > 4 else 4))
+
+
+def tile_rows_for(g: ConvGeometry, max_slots: int = 2 * TILE_VECTORS) -> int:
+    """Output rows per task: a divisor of the output height whose vectors fill the register block
+    (a multiple of ``TILE_VECTORS``) within ``max_slots`` vectors, the most such rows (each tile
+    quantizes the kernel's extra rows again: 4 rows of a 3×3 conv read 6); else the most rows
+    within ``max_slots`` vectors. ``channel_parts`` makes up the tasks that fewer tiles lose."""
+    divisors = [r for r in range(1, g.out_height + 1) if g.out_height % r == 0]
+    full = [r for r in divisors if slots_per_tile(g, r) % TILE_VECTORS == 0 and slots_per_tile(g, r) <= max_slots]
+    if full:
+        return full[-1]
+    fitting = [r for r in divisors if slots_per_tile(g, r) <= max_slots]
+    return fitting[-1] if fitting else 1
+
+
+def channel_parts(tasks: int, blocks: int, threads: int) -> int:
+    """Into how many parts a tile's output channel blocks are split: enough that ``tasks`` (images ×
+    tiles) become at least two per thread, at most one block each."""
+    return max(1, min(blocks, -(-2 * threads // max(tasks, 1))))
+
+
+def in_rows(g: ConvGeometry, rows: int) -> int:
+    """Input rows one tile of ``rows`` output rows reads."""
+    return (rows - 1) * g.stride[0] + (g.kernel_h - 1) * g.dilation[0] + 1
+
+
+def row_words(g: ConvGeometry) -> int:
+    """Words of one quantized row: the padded input row, or what the tile's vectors read if more."""
+    per_row = -(-g.out_width // 16)
+    sw, dw = g.stride[1], g.dilation[1]
+    reach = (per_row * 16 - 1) * sw + (g.kernel_w - 1) * dw + 1 + (1 if sw == 2 else 0)
+    _, left, _, right = g.padding
+    return max(g.width + left + right, reach)
+
+
+def scratch_words(g: ConvGeometry, rows: int) -> int:
+    return -(-g.in_channels // 4) * in_rows(g, rows) * row_words(g) + SLACK_WORDS
+
+
+@dataclass(frozen=True, eq=False)
+class PackedInt8Conv:
+    """What the C tile reads for one conv (see int8_conv.c), and the quantized weights themselves."""
+
+    geometry: np.ndarray  # (len(GEOMETRY_FIELDS),) int32
+    qptr: np.ndarray  # (output blocks + 1,) int32, CSR over blocks of BLOCK_OUTPUTS channels
+    qoff: np.ndarray  # (block quads,) int32
+    qw: np.ndarray  # (block quads · BLOCK_OUTPUTS,) int32: per channel of the block, four int8 weights
+    comp: np.ndarray  # (Cout,) int32
+    scale: np.ndarray  # (Cout,) float32
+    weights: np.ndarray  # (Cout, Cin, kh, kw) int8
+    input: InputQuantization
+    rows: int
+
+    @property
+    def constants(self) -> list[np.ndarray]:
+        return [self.geometry, self.qptr, self.qoff, self.qw, self.comp, self.scale]
+
+    @property
+    def nnz_quads(self) -> int:
+        """Block quads: each is ``BLOCK_OUTPUTS`` × 4 multiply-adds per pixel."""
+        return int(self.qptr[-1])
+
+
+def pack_int8_conv(weight: np.ndarray, g: ConvGeometry, quant: InputQuantization, rows: int) -> PackedInt8Conv:
+    """Quantize an OIHW float32 conv per output channel and lay it out for the C tile."""
+    cout, cin, kh, kw = weight.shape
+    wq, w_scale = quantize_weights(weight)
+    quads = -(-cin // 4)
+    padded = np.zeros((cout, quads * 4, kh, kw), np.int8)
+    padded[:, :cin] = wq
+    # (Cout, quad, ky, kx, 4 channels) bytes -> one little-endian word per (o, quad, ky, kx)
+    as_bytes = padded.reshape(cout, quads, 4, kh, kw).transpose(0, 1, 3, 4, 2).copy()
+    words = as_bytes.view(np.uint32).reshape(cout, quads, kh, kw).view(np.int32)
+    n_rows, width = in_rows(g, rows), row_words(g)
+    q_idx, ky_idx, kx_idx = np.meshgrid(np.arange(quads), np.arange(kh), np.arange(kw), indexing="ij")
+    offsets = (q_idx * n_rows + ky_idx * g.dilation[0]) * width + kx_idx * g.dilation[1]
+    # blocks of BLOCK_OUTPUTS channels (the last padded with zero weights) over the union of their quads
+    blocks = -(-cout // BLOCK_OUTPUTS)
+    block_words = np.zeros((blocks * BLOCK_OUTPUTS, quads * kh * kw), np.int32)
+    block_words[:cout] = words.reshape(cout, -1)
+    block_words = block_words.reshape(blocks, BLOCK_OUTPUTS, -1).transpose(0, 2, 1)  # (block, quad tap, u)
+    keep = np.any(block_words != 0, axis=2)
+    qptr = np.concatenate([[0], np.cumsum(keep.sum(axis=1))]).astype(np.int32)
+    qoff = np.broadcast_to(offsets.reshape(1, -1), keep.shape)[keep].astype(np.int32)
+    qw = np.ascontiguousarray(block_words[keep]).reshape(-1).astype(np.int32)
+    comp = (quant.zero_point * wq.reshape(cout, -1).astype(np.int64).sum(axis=1)).astype(np.int32)
+    scale = (np.float32(quant.scale) * w_scale).astype(np.float32)
+    top, left, _, _ = g.padding
+    geometry = np.array([cin, g.height, g.width, kh, kw, g.stride[0], g.stride[1], top, left, g.dilation[0],
+                         g.dilation[1], g.out_height, g.out_width, cout, width], np.int32)
+    return PackedInt8Conv(geometry, qptr, qoff, qw, comp, scale, wq, quant, rows)
+
+
+def int8_conv_kernel(g: ConvGeometry, packed: PackedInt8Conv, epilogue: Epilogue, threads: int = 1) -> tirx.PrimFunc:
+    """The TIR kernel: ``f(X, geometry, qptr, qoff, qw, comp, scale, [bias], [residual], Y)``, tasks over
+    (image, tile of ``packed.rows`` output rows, part of the output channels) in parallel, each one
+    call of the C tile; ``threads`` only decides how finely small images are split."""
+    cout = int(packed.geometry[GEOMETRY_FIELDS.index("cout")])
+    ho, wo = g.out_height, g.out_width
+    rows = packed.rows
+    n_tiles = ho // rows
+    nnz = max(packed.nnz_quads, 1)
+    blocks = len(packed.qptr) - 1
+    parts = channel_parts(g.batch * n_tiles, blocks, threads)
+    per_part = -(-blocks // parts)
+    parts = -(-blocks // per_part)
+    image = g.in_channels * g.height * g.width
+    flags = (RELU if epilogue.relu else 0) | (BIAS if epilogue.bias else 0) | (RESIDUAL if epilogue.residual else 0)
+    inv_scale = float(np.float32(1.0 / packed.input.scale))
+
+    with IRBuilder() as ib:
+        with T.prim_func():
+            T.func_name("penni_int8_conv")
+            T.func_attr(KERNEL_ATTRS)
+            X = T.arg("X", T.Buffer((g.batch, g.in_channels, g.height, g.width), F32))
+            geometry = T.arg("geometry", T.Buffer((len(GEOMETRY_FIELDS),), I32))
+            qptr = T.arg("qptr", T.Buffer((blocks + 1,), I32))
+            qoff = T.arg("qoff", T.Buffer((nnz,), I32))
+            qw = T.arg("qw", T.Buffer((nnz * BLOCK_OUTPUTS,), I32))
+            comp = T.arg("comp", T.Buffer((cout,), I32))
+            scale = T.arg("scale", T.Buffer((cout,), F32))
+            bias, residual, Y = epilogue_args(epilogue, g.batch, cout, ho * wo)
+
+            def scratch():
+                return (T.alloc_buffer((scratch_words(g, rows),), U32),)
+
+            def tile(task, xq):
+                n = task // (n_tiles * parts)
+                y0 = task // parts % n_tiles * rows
+                first = task % parts * per_part
+                out_at = n * cout * ho * wo
+                T.evaluate(T.call_extern(
+                    "int32", Q8_CONV_TILE, X.access_ptr("r", offset=n * image), geometry.access_ptr("r"),
+                    y0, T.int32(rows), first, T.min(first + per_part, blocks),
+                    T.float32(inv_scale), T.int32(packed.input.zero_point),
+                    xq.access_ptr("w"), qptr.access_ptr("r"), qoff.access_ptr("r"), qw.access_ptr("r"),
+                    comp.access_ptr("r"), scale.access_ptr("r"),
+                    (bias if bias is not None else scale).access_ptr("r"),
+                    (residual.access_ptr("r", offset=out_at) if residual is not None else scale.access_ptr("r")),
+                    Y.access_ptr("w", offset=out_at), T.int32(flags)))
+
+            parallel_tasks(g.batch * n_tiles * parts, threads, scratch, tile)
+    return ib.get()
+
+
+def int8_vector_steps(g: ConvGeometry, nnz_quads: int, cout: int) -> float:
+    """Estimated vector instructions of the int8 conv per image: ``vpdpbusd`` with its load, the
+    quantization of the rows and the epilogue (the cost ``Int8Choice`` weighs)."""
+    vectors_per_row = -(-g.out_width // 16)
+    slots = g.out_height * vectors_per_row
+    per_quad = BLOCK_OUTPUTS * (1.0 if g.stride[1] <= 2 else 2.0)
+    rows_read = g.out_height * g.stride[0] + (g.kernel_h - 1) * g.dilation[0]
+    quantize = -(-g.in_channels // 4) * rows_read * -(-row_words(g) // 16) * 4 * 6
+    return nnz_quads * slots * per_quad + quantize + cout * slots * 6
+
+
+def fp32_penni_vector_steps(n_maps: int, taps: int, nnz: int, pixels: int, lanes: int) -> float:
+    """Estimated vector FMAs of the float32 PENNI kernels per image: the basis maps, then one per nonzero."""
+    return (n_maps * taps + nnz) * -(-pixels // lanes)
