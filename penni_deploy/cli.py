@@ -419,6 +419,9 @@ def bench(
     target: Target = "x86",
     mcpu: Mcpu = None,
     precision: Precision = "fp32",
+    calibration: Calibration = None,
+    calibration_method: CalibrationMethod = "minmax",
+    int8_layers: Annotated[str, typer.Option(help="int8: auto or all (as for compile).")] = "auto",
     arch: Arch = None,
     trust_pickle: TrustPickle = False,
     input_shape: InputShape = None,
@@ -445,7 +448,12 @@ def bench(
                            repeat=repeat, min_repeat=min(20, repeat), min_seconds=seconds, device=device,
                            compile=CompileOptions(target=target, mcpu=mcpu, gpu_arch=gpu_arch,
                                                   tuning_db=str(tuning_db) if tuning_db else None,
-                                                  precision=precision), peers=peers)
+                                                  precision=precision,
+                                                  calibration=str(calibration) if calibration else None,
+                                                  calibration_method=calibration_method, int8_layers=int8_layers),
+                           peers=peers)
+    options.compile.make_target()
+    _check_calibration_options(options.compile)
     report = run_bench(str(model), arch=model_arch, trust_pickle=trust_pickle, input_shape=_shape(input_shape),
                        options=options, progress=Progress())
     typer.echo(format_bench_table(report))

@@ -29,6 +29,7 @@ from dataclasses import replace
 import numpy as np
 import torch
 
+from ..calibration import load_calibration
 from ..compiler import compile_loaded
 from ..frontend import load_model, resolve_input_shape
 from ..frontend.load_model import LoadedModel
@@ -78,7 +79,13 @@ def run_bench(path: str, *, arch: str | None = None, trust_pickle: bool = False,
     saved_networks = ({batch: saved_network(loaded.model, shape) for batch, shape in shapes.items()}
                       if saved_file else {})
     module_references = None if saved_file else _module_references(loaded.model)
-    engines = select_engines(options.peer_engines, saved=saved_file) if options.peers else ()
+    engines = select_engines(options.peer_engines, saved=saved_file,
+                             int8=options.compile.precision == "int8") if options.peers else ()
+    fp32_options = replace(options.compile, precision="fp32", calibration=None, int8_layers="auto")
+    calibration = None
+    if options.compile.precision == "int8" and options.compile.calibration is not None:
+        calibration = (load_calibration(options.compile.calibration, shapes[options.batches[0]])
+                       if isinstance(options.compile.calibration, str) else np.asarray(options.compile.calibration))
     networks, pruned_sparsity = peer_networks(loaded.model) if engines and not saved_file else ({}, {})
     if saved_file:
         dense_loaded = loaded  # TVM without the PENNI passes compiles the network as saved
@@ -109,11 +116,11 @@ def run_bench(path: str, *, arch: str | None = None, trust_pickle: bool = False,
             if options.compile.precision != "fp32":  # what the reduced precision gained over our own fp32
                 progress(f"batch {batch}: compiling penni-deploy in fp32")
                 artifacts["penni-deploy-fp32"] = os.path.join(tmp, f"penni-fp32-b{batch}.penni")
-                compile_loaded(loaded, artifacts["penni-deploy-fp32"], input_shape=shape,
-                               options=replace(options.compile, precision="fp32"))
+                compile_loaded(loaded, artifacts["penni-deploy-fp32"], input_shape=shape, options=fp32_options)
             progress(f"batch {batch}: compiling TVM without the PENNI passes")
             artifacts["tvm-dense"] = os.path.join(tmp, f"dense-b{batch}.penni")
-            dense_options = replace(options.compile, pipeline="dense")
+            dense_options = replace(fp32_options if options.compile.precision == "int8" else options.compile,
+                                    pipeline="dense")
             compile_loaded(dense_loaded, artifacts["tvm-dense"], input_shape=shape, options=dense_options)
 
             x = np.random.default_rng(batch).standard_normal(shape).astype(np.float32)
@@ -140,7 +147,8 @@ def run_bench(path: str, *, arch: str | None = None, trust_pickle: bool = False,
                 results.append({"engine": name, "batch": batch, "precision": precision,
                                 **run_worker(worker_spec(options, "tvm", artifact, shape, device, check))})
             if engines:
-                results.extend(measure_peers(networks, shape, options, tmp, x=x, engines=engines, progress=progress))
+                results.extend(measure_peers(networks, shape, options, tmp, x=x, engines=engines,
+                                             calibration=calibration, progress=progress))
     report = {
         "model": os.path.basename(path), "format": loaded.format, "threads": options.threads, "device": device,
         "target": manifest.target, "conv_macs_dense": sum(layer["macs_dense"] for layer in manifest.layers),

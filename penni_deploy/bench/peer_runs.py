@@ -24,11 +24,13 @@ from .peers import (
     deepsparse_python,
     export_onnx,
     missing_reason,
+    quantize_onnx,
 )
 
 
 def measure_peers(networks: dict[str, nn.Module | SavedNetwork | str], shape: tuple[int, ...], options: BenchOptions,
                   workdir: str, *, x: np.ndarray | None = None, engines: Sequence[PeerEngine] = PEER_ENGINES,
+                  calibration: np.ndarray | None = None,
                   progress: Callable[[str], None] = lambda _m: None) -> list[dict]:
     """One result row per engine of ``engines`` for input ``shape``, measured or with its ``error``.
 
@@ -44,6 +46,8 @@ def measure_peers(networks: dict[str, nn.Module | SavedNetwork | str], shape: tu
         A folder for the saved modules, ONNX files and check arrays.
     x : np.ndarray, optional
         The input to time and check on (default: seeded by the batch size, as the driver's).
+    calibration : np.ndarray, optional
+        What the int8 engines' networks are quantized with (the int8 build's calibration array).
     """
     batch = shape[0]
     if x is None:
@@ -57,11 +61,18 @@ def measure_peers(networks: dict[str, nn.Module | SavedNetwork | str], shape: tu
         network = networks[engine.form]
         # the model's own reason first: installing the engine would not give it a network to run
         reason = network if isinstance(network, str) else missing_reason(engine)
+        if reason is None and engine.precision == "int8" and calibration is None:
+            reason = "int8 engines quantize with the calibration array of bench --precision int8 --calibration X.npy"
         if reason is None:
             key = (engine.form, "onnx" if engine.needs_onnx else "torch")
             if key not in files:
                 progress(f"batch {batch}: saving the {engine.form} network as {key[1]}")
                 files[key] = _save(network, key, shape, workdir)
+            if engine.precision == "int8" and not isinstance(files[key], PeerUnavailableError):
+                fp32_key, key = key, (engine.form, "onnx-int8")
+                if key not in files:
+                    progress(f"batch {batch}: quantizing the {engine.form} network with onnxruntime")
+                    files[key] = _quantized(files[fp32_key][0], calibration)
             reason = str(files[key]) if isinstance(files[key], PeerUnavailableError) else None
         if reason is not None:
             rows.append({**row, "error": reason})
@@ -73,6 +84,13 @@ def measure_peers(networks: dict[str, nn.Module | SavedNetwork | str], shape: tu
         python = deepsparse_python() if engine.kind == "deepsparse" else None  # its own venv (numpy<2)
         rows.append({**row, **run_worker(spec, python)})
     return rows
+
+
+def _quantized(fp32_path: str, calibration: np.ndarray):
+    try:
+        return quantize_onnx(fp32_path, fp32_path.replace(".onnx", "-int8.onnx"), calibration), None
+    except PeerUnavailableError as e:
+        return e
 
 
 def _save(network: nn.Module | SavedNetwork, key: tuple[str, str], shape: tuple[int, ...], workdir: str):

@@ -31,6 +31,7 @@ from functools import cached_property
 from pathlib import Path
 
 import torch
+import numpy as np
 from torch import nn
 
 from ..errors import PenniError
@@ -63,7 +64,8 @@ class PeerEngine:
     form : str
         Which network it runs, one of :data:`FORMS`.
     precision : str
-        ``fp32``, or ``bf16`` where the engine is asked to compute in bfloat16.
+        ``fp32``; ``bf16`` where the engine is asked to compute in bfloat16; ``int8`` for a network
+        quantized by ``quantize_onnx`` with the bench's calibration array.
     """
 
     name: str
@@ -81,12 +83,15 @@ PEER_ENGINES = (
     PeerEngine("torch-compile-two-stage", "torch-compile", "two-stage"),
     PeerEngine("onnxruntime-dense", "onnxruntime", "dense"),
     PeerEngine("onnxruntime-two-stage", "onnxruntime", "two-stage"),
+    PeerEngine("onnxruntime-int8-dense", "onnxruntime", "dense", "int8"),
+    PeerEngine("onnxruntime-int8-two-stage", "onnxruntime", "two-stage", "int8"),
     PeerEngine("openvino-f32-dense", "openvino", "dense"),
     PeerEngine("openvino-f32-two-stage", "openvino", "two-stage"),
     PeerEngine("openvino-bf16-dense", "openvino", "dense", "bf16"),
     PeerEngine("openvino-bf16-two-stage", "openvino", "two-stage", "bf16"),
     PeerEngine("torch-compile-as-saved", "torch-compile", "as-saved"),
     PeerEngine("onnxruntime-as-saved", "onnxruntime", "as-saved"),
+    PeerEngine("onnxruntime-int8-as-saved", "onnxruntime", "as-saved", "int8"),
     PeerEngine("openvino-f32-as-saved", "openvino", "as-saved"),
     PeerEngine("openvino-bf16-as-saved", "openvino", "as-saved", "bf16"),
     PeerEngine("deepsparse-as-saved", "deepsparse", "as-saved"),
@@ -94,15 +99,17 @@ PEER_ENGINES = (
 )
 
 
-def select_engines(names: tuple[str, ...] | None, saved: bool = False) -> tuple[PeerEngine, ...]:
+def select_engines(names: tuple[str, ...] | None, saved: bool = False, int8: bool = False) -> tuple[PeerEngine, ...]:
     """The engines of :data:`PEER_ENGINES` called ``names``, in the table's order.
 
     When ``names`` is None: every engine that has a network for the model, that is the ``as-saved`` ones
     for a TorchScript or ``.pt2`` file (``saved``), the others for a module; and ``deepsparse-pruned``
-    always, whose row says why a saved file has no pruned network.
+    always, whose row says why a saved file has no pruned network. The int8 engines only with ``int8``
+    (a bench of an int8 build, which has the calibration array they quantize with).
     """
     if names is None:
-        return tuple(e for e in PEER_ENGINES if (e.form == "as-saved") == saved or e.name == "deepsparse-pruned")
+        return tuple(e for e in PEER_ENGINES if ((e.form == "as-saved") == saved or e.name == "deepsparse-pruned")
+                     and (int8 or e.precision != "int8"))
     known = {engine.name for engine in PEER_ENGINES}
     unknown = sorted(set(names) - known)
     if unknown:
@@ -137,6 +144,42 @@ def missing_reason(engine: PeerEngine) -> str | None:
             return (f"DeepSparse's Python {python} is missing: run bash scripts/setup_deepsparse.sh "
                     f"(or point {DEEPSPARSE_PYTHON_ENV} at a Python with deepsparse==1.8.0)")
     return None
+
+
+def quantize_onnx(fp32_path: str, path: str, calibration: np.ndarray, method: str = "minmax",
+                  percentile: float = 99.99) -> str:
+    """``fp32_path`` quantized by onnxruntime's ``quantize_static`` into ``path``: int8 weights per output
+    channel, uint8 activations from ``calibration`` (run in batches of the file's batch size), QDQ
+    format, which its CPU provider runs as int8 kernels. The peer of ``compile --precision int8``."""
+    try:
+        import onnx
+        from onnxruntime.quantization import CalibrationDataReader, CalibrationMethod, QuantFormat, QuantType
+        from onnxruntime.quantization import quantize_static
+    except ImportError as exc:
+        raise PeerUnavailableError(f"onnxruntime int8 needs onnxruntime.quantization ({exc}): {_PEERS_EXTRA}") from None
+    model = onnx.load(fp32_path)
+    graph_input = model.graph.input[0]
+    batch = graph_input.type.tensor_type.shape.dim[0].dim_value or 1
+
+    class Batches(CalibrationDataReader):
+        def __init__(self):
+            whole = len(calibration) // batch * batch or batch
+            data = np.resize(calibration, (whole, *calibration.shape[1:])).astype(np.float32)
+            self._batches = iter(data.reshape(-1, batch, *calibration.shape[1:]))
+
+        def get_next(self):
+            chunk = next(self._batches, None)
+            return None if chunk is None else {graph_input.name: np.ascontiguousarray(chunk)}
+
+    extra = {"CalibPercentile": percentile} if method == "percentile" else {}
+    try:
+        quantize_static(fp32_path, path, Batches(), quant_format=QuantFormat.QDQ, per_channel=True,
+                        activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
+                        calibrate_method=CalibrationMethod.Percentile if method == "percentile" else
+                        CalibrationMethod.MinMax, extra_options=extra)
+    except Exception as exc:  # noqa: BLE001 - a network the quantizer cannot take: the row says why
+        raise PeerUnavailableError(f"onnxruntime's quantize_static failed: {type(exc).__name__}: {exc}") from None
+    return path
 
 
 def export_onnx(network: nn.Module | SavedNetwork, shape: tuple[int, ...], path: str) -> str:

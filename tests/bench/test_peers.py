@@ -160,13 +160,32 @@ def test_a_pt2_file_at_another_batch_size_fails_as_compile_does():
 
 def test_the_default_engines_are_those_with_a_network_for_the_format():
     module_engines = [e.name for e in select_engines(None)]
-    assert module_engines == [e.name for e in PEER_ENGINES if not e.name.endswith("-as-saved")]
+    assert module_engines == [e.name for e in PEER_ENGINES if not e.name.endswith("-as-saved") and "int8" not in e.name]
     assert [e.name for e in select_engines(None, saved=True)] == [
         "torch-compile-as-saved", "onnxruntime-as-saved", "openvino-f32-as-saved", "openvino-bf16-as-saved",
         "deepsparse-as-saved", "deepsparse-pruned"]  # the last one a row saying why there is no pruned network
+    # an int8 bench adds onnxruntime quantized with its calibration array
+    assert [e.name for e in select_engines(None, saved=True, int8=True)] == [
+        "torch-compile-as-saved", "onnxruntime-as-saved", "onnxruntime-int8-as-saved", "openvino-f32-as-saved",
+        "openvino-bf16-as-saved", "deepsparse-as-saved", "deepsparse-pruned"]
 
 
 # --- the engines ----------------------------------------------------------------------------------------
+
+
+def test_onnxruntime_int8_quantizes_with_the_calibration_array(networks, tmp_path):
+    names = ("onnxruntime-int8-dense", "onnxruntime-int8-two-stage")
+    calibration = np.random.default_rng(3).standard_normal((6, *TINY_SHAPE[1:])).astype(np.float32)
+    rows = {r["engine"]: r for r in measure_peers(networks, TINY_SHAPE, FAST, str(tmp_path),
+                                                  engines=select_engines(names), calibration=calibration)}
+    for name in names:
+        _assert_measured(rows[name])
+        assert rows[name]["precision"] == "int8"
+        assert 1e-5 < rows[name]["max_rel_error"] < 0.1  # really quantized, and still close
+    assert os.path.exists(tmp_path / f"peer-two-stage-b{TINY_SHAPE[0]}-int8.onnx")
+    # without a calibration array the row says where it comes from
+    (row,) = measure_peers(networks, TINY_SHAPE, FAST, str(tmp_path), engines=select_engines(names[:1]))
+    assert "--calibration" in row["error"]
 
 
 def test_onnx_engines_measure_and_check_their_output(networks, tmp_path):

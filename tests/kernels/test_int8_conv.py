@@ -113,6 +113,19 @@ def test_tile_matches_integer_reference(lib, case, signed):
         np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-6 * np.abs(want).max())
 
 
+def test_values_far_outside_the_range_saturate(lib):
+    g = ConvGeometry(1, 4, 4, 20, 1, 1)
+    x = np.zeros((4, 4, 20), np.float32)
+    x[0, 0, :4] = [1e30, np.inf, -1e30, -np.inf]
+    x[1, 1, :3] = [3e9, -3e9, 255.0]
+    weight = np.eye(4, dtype=np.float32).reshape(4, 4, 1, 1)
+    for low in (0.0, -1.0):
+        packed = int8.pack_int8_conv(weight, g, InputQuantization.from_range(ActivationRange(low, 1.0)), 4)
+        got = run_tile(lib, x, packed, g, 4, None, None, False)
+        np.testing.assert_allclose(got, reference(x, weight, g, packed, None, None, False), rtol=1e-6)
+        assert got[0, 0] == got[0, 1] == got.max()  # +inf and 1e30 at the top code, not wrapped to 0
+
+
 @pytest.mark.parametrize("density", [0.0, 1.0])
 def test_empty_and_dense_weights(lib, density):
     g = ConvGeometry(1, 8, 10, 10, 3, 3, (1, 1), (1, 1, 1, 1))

@@ -35,8 +35,9 @@ quantize_rows(const float* x, const int32_t* g, int32_t in_y0, int32_t in_rows, 
   const int32_t cin = g[G_CIN], h = g[G_H], w = g[G_W], pw = g[G_PW], row_words = g[G_ROW_WORDS];
   const int32_t quads = (cin + 3) / 4;
   const uint32_t pad_word = (uint32_t)zp * 0x01010101u;
-  const __m512 vinv = _mm512_set1_ps(inv_scale);
-  const __m512i vzp = _mm512_set1_epi32(zp), vlo = _mm512_setzero_si512(), vhi = _mm512_set1_epi32(255);
+  const __m512 vinv = _mm512_set1_ps(inv_scale), vcap = _mm512_set1_ps(32000.0f);
+  const __m512i vzp = _mm512_set1_epi32(zp);
+  const __m512i interleave = _mm512_broadcast_i32x4(_mm_setr_epi8(0, 4, 8, 12, 1, 5, 9, 13, 2, 6, 10, 14, 3, 7, 11, 15));
   for (int32_t q = 0; q < quads; q++) {
     for (int32_t r = 0; r < in_rows; r++) {
       uint32_t* out = xq + ((int64_t)q * in_rows + r) * row_words;
@@ -50,19 +51,23 @@ quantize_rows(const float* x, const int32_t* g, int32_t in_y0, int32_t in_rows, 
       for (int32_t x0 = 0; x0 < w; x0 += 16) {
         const int32_t n = w - x0 < 16 ? w - x0 : 16;
         const __mmask16 m = (__mmask16)((1u << n) - 1);
-        __m512i word = _mm512_setzero_si512();
+        __m512i v[4];
         for (int32_t s = 0; s < 4; s++) {
           const int32_t ch = 4 * q + s;
-          __m512i v = vzp;
           if (ch < cin) {
             const __m512 f = _mm512_maskz_loadu_ps(m, x + ((int64_t)ch * h + iy) * w + x0);
-            /* cvtps2dq rounds to nearest even under the default MXCSR, as np.rint does */
-            v = _mm512_add_epi32(_mm512_cvtps_epi32(_mm512_mul_ps(f, vinv)), vzp);
-            v = _mm512_min_epi32(_mm512_max_epi32(v, vlo), vhi);
+            /* cvtps2dq rounds to nearest even under the default MXCSR, as np.rint does; past 2^31 it
+             * would give INT_MIN, and the second pack reads signed 16 bits: values are capped first (then
+             * saturate to 255) */
+            v[s] = _mm512_add_epi32(_mm512_cvtps_epi32(_mm512_min_ps(_mm512_mul_ps(f, vinv), vcap)), vzp);
+          } else {
+            v[s] = vzp;
           }
-          word = _mm512_or_si512(word, _mm512_slli_epi32(v, 8 * s));
         }
-        _mm512_mask_storeu_epi32(out + pw + x0, m, word);
+        /* The two saturating packs clamp to [0, 255] and leave, per 128-bit lane, the four channels'
+         * bytes one after the other; the byte shuffle interleaves them into one word per pixel. */
+        const __m512i bytes = _mm512_packus_epi16(_mm512_packus_epi32(v[0], v[1]), _mm512_packus_epi32(v[2], v[3]));
+        _mm512_mask_storeu_epi32(out + pw + x0, m, _mm512_shuffle_epi8(bytes, interleave));
       }
     }
   }
