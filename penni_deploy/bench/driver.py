@@ -143,7 +143,8 @@ def run_bench(path: str, *, arch: str | None = None, trust_pickle: bool = False,
                 results.append(engine)
             for name, artifact in artifacts.items():
                 progress(f"batch {batch}: measuring {name}")
-                precision = "fp32" if name == "penni-deploy-fp32" else options.compile.precision
+                precision = {"penni-deploy-fp32": "fp32", "tvm-dense": dense_options.precision}.get(
+                    name, options.compile.precision)
                 results.append({"engine": name, "batch": batch, "precision": precision,
                                 **run_worker(worker_spec(options, "tvm", artifact, shape, device, check))})
             if engines:
@@ -186,14 +187,14 @@ def format_bench_table(report: dict) -> str:
               f"target {report['target'].get('mcpu', report['target'].get('name'))}; "
               f"conv MACs/image dense {report['conv_macs_dense']:,} → compiled {report['conv_macs_compiled']:,}"),
              _roofline_line(report),
-             (f"{'engine':<24} {'prec':>4} {'batch':>5} {'median ms':>10} {'p90 ms':>9} {'speedup':>8} "
+             (f"{'engine':<26} {'prec':>4} {'batch':>5} {'median ms':>10} {'p90 ms':>9} {'speedup':>8} "
               f"{'×roofline':>9} {'model MB':>9} {'infer MB':>9} {'rel err':>8}")]
     baseline = {}
     for r in report["results"]:
         if r["engine"] in ("torch-dense", "torch-as-saved") and "median_ms" in r:
             baseline.setdefault(r["batch"], r["median_ms"])
     for r in report["results"]:
-        head = f"{r['engine']:<24} {r.get('precision', 'fp32'):>4} {r['batch']:>5}"
+        head = f"{r['engine']:<26} {r.get('precision', 'fp32'):>4} {r['batch']:>5}"
         if "median_ms" not in r:
             lines.append(f"{head}  {r.get('error', 'not measured')}")
             continue

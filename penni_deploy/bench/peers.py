@@ -23,6 +23,7 @@ under that venv's Python (:func:`deepsparse_python`).
 from __future__ import annotations
 
 import importlib.util
+import logging
 import os
 import shutil
 import warnings
@@ -30,8 +31,8 @@ from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
 
-import torch
 import numpy as np
+import torch
 from torch import nn
 
 from ..errors import PenniError
@@ -150,13 +151,22 @@ def quantize_onnx(fp32_path: str, path: str, calibration: np.ndarray, method: st
                   percentile: float = 99.99) -> str:
     """``fp32_path`` quantized by onnxruntime's ``quantize_static`` into ``path``: int8 weights per output
     channel, uint8 activations from ``calibration`` (run in batches of the file's batch size), QDQ
-    format, which its CPU provider runs as int8 kernels. The peer of ``compile --precision int8``."""
+    format, which its CPU provider runs as int8 kernels. The peer of ``compile --precision int8``.
+    The network is first pre-processed as onnxruntime recommends (shape inference, and its optimizer,
+    which folds batch norms into the convs), so the quantizer sees what a user of it would give it."""
     try:
         import onnx
         from onnxruntime.quantization import CalibrationDataReader, CalibrationMethod, QuantFormat, QuantType
         from onnxruntime.quantization import quantize_static
+        from onnxruntime.quantization.shape_inference import quant_pre_process
     except ImportError as exc:
         raise PeerUnavailableError(f"onnxruntime int8 needs onnxruntime.quantization ({exc}): {_PEERS_EXTRA}") from None
+    prepared = path.replace(".onnx", "-prepared.onnx")
+    try:
+        quant_pre_process(fp32_path, prepared)
+    except Exception:  # noqa: BLE001 - optional: quantize the network as exported
+        prepared = fp32_path
+    fp32_path = prepared
     model = onnx.load(fp32_path)
     graph_input = model.graph.input[0]
     batch = graph_input.type.tensor_type.shape.dim[0].dim_value or 1
@@ -172,6 +182,8 @@ def quantize_onnx(fp32_path: str, path: str, calibration: np.ndarray, method: st
             return None if chunk is None else {graph_input.name: np.ascontiguousarray(chunk)}
 
     extra = {"CalibPercentile": percentile} if method == "percentile" else {}
+    quiet = logging.getLogger().level
+    logging.getLogger().setLevel(logging.ERROR)  # the quantizer warns on the root logger per weight
     try:
         quantize_static(fp32_path, path, Batches(), quant_format=QuantFormat.QDQ, per_channel=True,
                         activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
@@ -179,6 +191,8 @@ def quantize_onnx(fp32_path: str, path: str, calibration: np.ndarray, method: st
                         CalibrationMethod.MinMax, extra_options=extra)
     except Exception as exc:  # noqa: BLE001 - a network the quantizer cannot take: the row says why
         raise PeerUnavailableError(f"onnxruntime's quantize_static failed: {type(exc).__name__}: {exc}") from None
+    finally:
+        logging.getLogger().setLevel(quiet)
     return path
 
 
