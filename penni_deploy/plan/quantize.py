@@ -4,7 +4,7 @@
 
 - weights symmetric per output channel: ``w_q = clamp(rint(w / s_w[o]), -127, 127)``,
   ``s_w[o] = max |w[o]| / 127``;
-- the layer's input per tensor, from a calibrated range: ``x_q = clamp(rint(x / s_x) + zp, 0, 255)``
+- the layer's input per tensor, from a calibrated range: ``x_q = clamp(rint(x / s_x + zp), 0, 255)``
   as unsigned bytes (what ``vpdpbusd`` reads). An input that is never negative (after a ReLU) uses
   all 256 levels, ``zp = 0``, ``s_x = max / 255``; a signed one ``zp = 128``, ``s_x = max |x| / 127``;
 - the output ``y = (Σ w_q·x_q − zp·Σ w_q) · s_x·s_w[o] + bias``, in float32, which the next layer
@@ -43,7 +43,7 @@ class ActivationRange:
 
 @dataclass(frozen=True)
 class InputQuantization:
-    """``x_q = clamp(rint(x / scale) + zero_point, 0, 255)``."""
+    """``x_q = clamp(rint(x / scale + zero_point), 0, 255)``."""
 
     scale: float
     zero_point: int  # 0 (never-negative inputs) or 128
@@ -55,10 +55,11 @@ class InputQuantization:
         return cls(_positive(max(-rng.low, rng.high) / 127.0), 128)
 
     def quantize(self, x: np.ndarray) -> np.ndarray:
-        """The uint8 codes of float32 ``x`` (reference of the kernels' rounding)."""
-        inv = np.float32(1.0 / self.scale)
-        q = np.rint(np.asarray(x, np.float32) * inv) + self.zero_point
-        return np.clip(q, 0, 255).astype(np.uint8)
+        """The uint8 codes of float32 ``x``, rounded as the kernels do: ``x · (1/scale) + zero_point``
+        rounded to float32 once (an FMA; exact in float64 first), then to the nearest integer, ties to even."""
+        inv = np.float64(np.float32(1.0 / self.scale))
+        shifted = (np.asarray(x, np.float32).astype(np.float64) * inv + self.zero_point).astype(np.float32)
+        return np.clip(np.rint(np.minimum(shifted, 32000.0)), 0, 255).astype(np.uint8)
 
 
 def _positive(scale: float) -> float:

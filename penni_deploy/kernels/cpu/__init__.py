@@ -68,8 +68,7 @@ class CpuKernels(KernelLibrary):
                                     plan.coefs.nnz, chain.epilogue, lanes=self.lanes)
 
     def dense_conv(self, chain):
-        if self.precision == "int8" and chain.input_range is not None:
-            packed = self._int8_packed(chain, chain.weight)
+        if (packed := self.int8_dense(chain)) is not None:
             return int8.int8_conv_kernel(chain.geometry, packed, chain.epilogue, self.threads), packed.constants
         g, cout = chain.geometry, chain.out_channels
         orientation = pick_orientation(chain.pixels, cout, self.lanes)
@@ -106,12 +105,17 @@ class CpuKernels(KernelLibrary):
         if self.precision != "int8" or chain.input_range is None:
             return None
         g = chain.geometry
-        dense = dense_weights_of_penni(chain.weight, chain.basis_weight, g.in_channels)
-        packed = self._int8_packed(chain, dense)
-        int8_cost = int8.int8_vector_steps(g, packed.nnz_quads, chain.out_channels)
-        fp32_cost = int8.fp32_penni_vector_steps(plan.n_maps, g.kernel_h * g.kernel_w, plan.coefs.nnz,
-                                                 chain.pixels, self.lanes)
-        return packed if self.int8_layers == "all" or int8_cost < fp32_cost else None
+        fp32 = int8.fp32_penni_cost(plan.n_maps, g.kernel_h * g.kernel_w, plan.coefs.nnz, chain.pixels, self.lanes)
+        packed = self._int8_packed(chain, dense_weights_of_penni(chain.weight, chain.basis_weight, g.in_channels))
+        return packed if self.int8_layers == "all" or int8.int8_cost(g, packed) < fp32 else None
+
+    def int8_dense(self, chain) -> int8.PackedInt8Conv | None:
+        """The int8 conv of a dense conv, as ``int8_penni`` decides (against the float32 GEMM)."""
+        if self.precision != "int8" or chain.input_range is None:
+            return None
+        packed = self._int8_packed(chain, chain.weight)
+        fp32 = int8.fp32_dense_cost(chain.geometry, chain.out_channels, self.lanes)
+        return packed if self.int8_layers == "all" or int8.int8_cost(chain.geometry, packed) < fp32 else None
 
     def supports(self, config: KernelConfig) -> bool:
         return True

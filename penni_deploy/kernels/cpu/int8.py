@@ -61,8 +61,8 @@ def tile_rows_for(g: ConvGeometry, max_slots: int = 2 * TILE_VECTORS) -> int:
 
 def channel_parts(tasks: int, blocks: int, threads: int) -> int:
     """Into how many parts a tile's output channel blocks are split: enough that ``tasks`` (images ×
-    tiles) become at least two per thread, at most one block each."""
-    return max(1, min(blocks, -(-2 * threads // max(tasks, 1))))
+    tiles) keep every thread busy, and no more (each part quantizes the tile's rows again)."""
+    return max(1, min(blocks, -(-threads // max(tasks, 1))))
 
 
 def in_rows(g: ConvGeometry, rows: int) -> int:
@@ -189,17 +189,34 @@ def int8_conv_kernel(g: ConvGeometry, packed: PackedInt8Conv, epilogue: Epilogue
     return ib.get()
 
 
-def int8_vector_steps(g: ConvGeometry, nnz_quads: int, cout: int) -> float:
-    """Estimated vector instructions of the int8 conv per image: ``vpdpbusd`` with its load, the
-    quantization of the rows and the epilogue (the cost ``Int8Choice`` weighs)."""
-    vectors_per_row = -(-g.out_width // 16)
-    slots = g.out_height * vectors_per_row
-    per_quad = BLOCK_OUTPUTS * (1.0 if g.stride[1] <= 2 else 2.0)
-    rows_read = g.out_height * g.stride[0] + (g.kernel_h - 1) * g.dilation[0]
-    quantize = -(-g.in_channels // 4) * rows_read * -(-row_words(g) // 16) * 4 * 6
-    return nnz_quads * slots * per_quad + quantize + cout * slots * 6
+#: Vector instructions per microsecond, 2 threads, measured on the dev host's layers (ResNet20 and
+#: ResNet18 at batch 1): the int8 tile, the float32 PENNI kernels and the float32 dense GEMM. Only
+#: their ratios matter: they pick, per layer, which kernel an ``auto`` int8 build uses.
+INT8_RATE, FP32_PENNI_RATE, FP32_GEMM_RATE = 7.8e3, 6.8e3, 11.5e3
+#: Cost of quantizing one channel quad of 16 pixels, and of the epilogue of one vector, in instructions.
+QUANTIZE_OPS, EPILOGUE_OPS = 12, 6
 
 
-def fp32_penni_vector_steps(n_maps: int, taps: int, nnz: int, pixels: int, lanes: int) -> float:
-    """Estimated vector FMAs of the float32 PENNI kernels per image: the basis maps, then one per nonzero."""
-    return (n_maps * taps + nnz) * -(-pixels // lanes)
+def int8_cost(g: ConvGeometry, packed: PackedInt8Conv) -> float:
+    """Estimated time (µs per image, relative) of the int8 conv: ``vpdpbusd`` over every vector slot
+    a tile computes (slots past the tile too), the rows' quantization and the epilogue."""
+    rows = packed.rows
+    tiles = g.out_height // rows
+    groups = -(-slots_per_tile(g, rows) // TILE_VECTORS)
+    cout = int(packed.geometry[GEOMETRY_FIELDS.index("cout")])
+    dpbusd = tiles * groups * packed.nnz_quads * BLOCK_OUTPUTS * TILE_VECTORS * (1 if g.stride[1] <= 2 else 3)
+    read_rows = min(in_rows(g, rows), rows * g.kernel_h)
+    quantize = tiles * -(-g.in_channels // 4) * read_rows * -(-g.width // 16) * QUANTIZE_OPS
+    epilogue = tiles * groups * TILE_VECTORS * cout * EPILOGUE_OPS
+    return (dpbusd + quantize + epilogue) / INT8_RATE
+
+
+def fp32_penni_cost(n_maps: int, taps: int, nnz: int, pixels: int, lanes: int) -> float:
+    """Estimated time of the float32 PENNI kernels: an FMA per map tap and per nonzero, per vector."""
+    return (n_maps * taps + nnz) * -(-pixels // lanes) / FP32_PENNI_RATE
+
+
+def fp32_dense_cost(g: ConvGeometry, cout: int, lanes: int) -> float:
+    """Estimated time of the float32 dense GEMM conv."""
+    macs = cout * g.in_channels * g.kernel_h * g.kernel_w * g.out_height * g.out_width
+    return macs / lanes / FP32_GEMM_RATE

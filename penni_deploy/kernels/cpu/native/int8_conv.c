@@ -7,7 +7,8 @@
  * no im2col. Per tile:
  *
  *   1. quantize the input rows the tile reads into ``xq[quad][row][col]`` (padded with the zero point,
- *      so padding and channels past Cin read as the real value 0):  q = clamp(rint(x / s) + zp, 0, 255);
+ *      so padding and channels past Cin read as the real value 0):  q = clamp(rint(fma(x, 1/s, zp)), 0, 255)
+ *      (x/s + zp rounded to float32 once, then to the nearest integer, ties to even);
  *   2. for each block of four output channels, run over the weight quads any of them uses (sparse:
  *      CSR over (channel quad, tap)), four channels x four vectors of 16 pixels in registers;
  *   3. epilogue:  y = (acc - comp[o]) * scale[o] + bias[o] (+ residual) (ReLU),  comp[o] = zp * sum(w[o]).
@@ -25,29 +26,36 @@ enum { G_CIN, G_H, G_W, G_KH, G_KW, G_SH, G_SW, G_PH, G_PW, G_DH, G_DW, G_HO, G_
 
 /* The register block of step 2: output channels x vectors of 16 pixels (int8.py mirrors both). */
 #define PENNI_Q8_OUTPUTS 4
+/* Input rows one tile may read (int8.py keeps tiles within it). */
+#define PENNI_Q8_MAX_IN_ROWS 512
 #define PENNI_Q8_VECTORS 4
 
 /* Step 1. A row holds G_ROW_WORDS words: the padded input row, or more where the tile's vectors
  * read past it (kernels/cpu/int8.py: row_words). */
 __attribute__((target("avx512f,avx512bw,avx512vl,avx512vnni"))) static void
-quantize_rows(const float* x, const int32_t* g, int32_t in_y0, int32_t in_rows, float inv_scale, int32_t zp,
-              uint32_t* xq) {
+quantize_rows(const float* x, const int32_t* g, int32_t in_y0, int32_t rows, int32_t in_rows, float inv_scale,
+              int32_t zp, uint32_t* xq) {
+  uint8_t read[PENNI_Q8_MAX_IN_ROWS];
+  for (int32_t r = 0; r < in_rows; r++) read[r] = 0;
+  for (int32_t t = 0; t < rows; t++)
+    for (int32_t ky = 0; ky < g[G_KH]; ky++) read[t * g[G_SH] + ky * g[G_DH]] = 1;
   const int32_t cin = g[G_CIN], h = g[G_H], w = g[G_W], pw = g[G_PW], row_words = g[G_ROW_WORDS];
   const int32_t quads = (cin + 3) / 4;
   const uint32_t pad_word = (uint32_t)zp * 0x01010101u;
   const __m512 vinv = _mm512_set1_ps(inv_scale), vcap = _mm512_set1_ps(32000.0f);
-  const __m512i vzp = _mm512_set1_epi32(zp);
+  const __m512i vzp = _mm512_set1_epi32(zp), vpad = _mm512_set1_epi32((int32_t)pad_word);
+  const __m512 vzpf = _mm512_set1_ps((float)zp);
   const __m512i interleave = _mm512_broadcast_i32x4(_mm_setr_epi8(0, 4, 8, 12, 1, 5, 9, 13, 2, 6, 10, 14, 3, 7, 11, 15));
   for (int32_t q = 0; q < quads; q++) {
     for (int32_t r = 0; r < in_rows; r++) {
+      if (!read[r]) continue;  /* a row no tap reads (1×1 at stride 2): never loaded either */
       uint32_t* out = xq + ((int64_t)q * in_rows + r) * row_words;
       const int32_t iy = in_y0 + r;
-      if (iy < 0 || iy >= h) {
-        for (int32_t c = 0; c < row_words; c++) out[c] = pad_word;
-        continue;
-      }
-      for (int32_t c = 0; c < pw && c < row_words; c++) out[c] = pad_word;
-      for (int32_t c = pw + w; c < row_words; c++) out[c] = pad_word;
+      /* the whole row first (padding, and past it what wide vectors read), the image's part after */
+      for (int32_t c = 0; c < row_words; c += 16)
+        _mm512_mask_storeu_epi32(out + c, (__mmask16)(row_words - c >= 16 ? 0xFFFF : (1u << (row_words - c)) - 1),
+                                 vpad);
+      if (iy < 0 || iy >= h) continue;
       for (int32_t x0 = 0; x0 < w; x0 += 16) {
         const int32_t n = w - x0 < 16 ? w - x0 : 16;
         const __mmask16 m = (__mmask16)((1u << n) - 1);
@@ -56,10 +64,10 @@ quantize_rows(const float* x, const int32_t* g, int32_t in_y0, int32_t in_rows, 
           const int32_t ch = 4 * q + s;
           if (ch < cin) {
             const __m512 f = _mm512_maskz_loadu_ps(m, x + ((int64_t)ch * h + iy) * w + x0);
-            /* cvtps2dq rounds to nearest even under the default MXCSR, as np.rint does; past 2^31 it
-             * would give INT_MIN, and the second pack reads signed 16 bits: values are capped first (then
-             * saturate to 255) */
-            v[s] = _mm512_add_epi32(_mm512_cvtps_epi32(_mm512_min_ps(_mm512_mul_ps(f, vinv), vcap)), vzp);
+            /* x/s + zp in one rounding (FMA), then cvtps2dq rounds to nearest even under the default
+             * MXCSR, as np.rint does; past 2^31 it would give INT_MIN, and the second pack reads signed
+             * 16 bits: values are capped first (then saturate to 255) */
+            v[s] = _mm512_cvtps_epi32(_mm512_min_ps(_mm512_fmadd_ps(f, vinv, vzpf), vcap));
           } else {
             v[s] = vzp;
           }
@@ -203,7 +211,8 @@ penni_q8_conv_tile(const float* x, const int32_t* g, int32_t y0, int32_t rows, i
   const int32_t blocks = (cout + PENNI_Q8_OUTPUTS - 1) / PENNI_Q8_OUTPUTS;
   if (rows < 1 || y0 < 0 || y0 + rows > ho || sw < 1 || block_begin < 0 || block_end > blocks) return -1;
   const int32_t in_rows = (rows - 1) * sh + (kh - 1) * dh + 1;
-  quantize_rows(x, g, y0 * sh - ph, in_rows, inv_scale, zp, xq);
+  if (in_rows > PENNI_Q8_MAX_IN_ROWS) return -1;
+  quantize_rows(x, g, y0 * sh - ph, rows, in_rows, inv_scale, zp, xq);
 
   const int32_t seg = wo > 8 ? 16 : wo > 4 ? 8 : 4;  /* lanes per output row in a slot */
   const int32_t per_slot = 16 / seg;                 /* output rows per slot (seg < 16) */
