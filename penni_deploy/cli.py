@@ -248,6 +248,10 @@ def tune(
 
     if trials < 1 or dense_trials < 0:
         raise InputSpecError("--trials must be >= 1 and --dense-trials >= 0")
+    if precision == "int8":
+        raise InputSpecError("tune measures float32 kernels, which an int8 build keeps for the layers it does not "
+                             "quantize (its int8 tile has no knobs): tune without --precision int8, then "
+                             "compile --precision int8 --tuning-db DB")
     check_output_folder(db, "--db")
     model_arch, gpu_arch = _split_arch(arch)
     target_obj = CompileOptions(target=target, mcpu=mcpu, gpu_arch=gpu_arch, precision=precision).make_target()

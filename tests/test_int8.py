@@ -61,7 +61,14 @@ def test_int8_needs_vnni_and_x86():
         get_target("cuda", precision="int8")
     with pytest.raises(TargetError, match="--int8-layers applies to --precision int8"):
         get_target("x86", mcpu="znver4", int8_layers="all")
-    assert get_target("x86", mcpu="znver4", precision="int8").tuning_key().endswith("-int8")
+    # the layers an int8 build leaves in float32 use the fp32 tuning results
+    fp32_key = get_target("x86", mcpu="znver4").tuning_key()
+    assert get_target("x86", mcpu="znver4", precision="int8").tuning_key() == fp32_key
+
+
+def test_tune_refuses_int8_with_the_way_to_tune(tmp_path, capsys):
+    assert main(["tune", "model.pt", "--precision", "int8", "--db", str(tmp_path / "db")]) != 0
+    assert "compile --precision int8 --tuning-db" in capsys.readouterr().err
 
 
 def test_loader_refuses_int8_on_a_cpu_without_vnni():

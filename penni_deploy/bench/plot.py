@@ -65,6 +65,13 @@ def bench_figure(report: dict):
     return fig
 
 
+def _tick(engine: str, row: dict) -> str:
+    """The engine's name, with its precision where the name does not already say it."""
+    precision = row.get("precision", "fp32")
+    named = precision in engine or (precision == "fp32" and "f32" in engine)
+    return engine if precision == "fp32" or named else f"{engine} ({precision})"
+
+
 def _draw_panel(ax, report: dict, batch: int, engines: list[str], log: bool) -> None:
     rows = {r["engine"]: r for r in report["results"] if r["batch"] == batch}
     measured = [e for e in engines if "median_ms" in rows.get(e, {})]
@@ -90,9 +97,9 @@ def _draw_panel(ax, report: dict, batch: int, engines: list[str], log: bool) -> 
         ax.axvline(roofline, color="tab:red", linestyle="--", linewidth=1)
         ax.annotate(f"roofline {roofline:.3g} ms", (roofline, 0.0), xycoords=("data", "axes fraction"),
                     xytext=(2, 3), textcoords="offset points", fontsize=7, color="tab:red")
-    ax.set_yticks(range(len(engines)), engines, fontsize=8)
+    ax.set_yticks(range(len(engines)), [_tick(e, rows.get(e, {})) for e in engines], fontsize=8)
     for tick in ax.get_yticklabels():
-        if tick.get_text() == "penni-deploy":
+        if tick.get_text().split(" (")[0] == "penni-deploy":
             tick.set_fontweight("bold")
     ax.invert_yaxis()  # the report's first engine on top
     ax.margins(x=0.35)  # room for the labels right of the bars

@@ -117,5 +117,6 @@ class X86Target(Target):
         return CostModelChooser(self._lanes, self.num_threads)
 
     def tuning_key(self) -> str:
-        suffix = "" if self.precision == "fp32" else f"-{self.precision}"
+        # bf16 builds tune bf16 dense kernels; int8 builds keep the fp32 kernels of the layers they leave
+        suffix = "-bf16" if self.precision == "bf16" else ""
         return f"x86-{self.mcpu}-{self.isa}-{self.num_threads}t{suffix}"
