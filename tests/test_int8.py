@@ -196,3 +196,30 @@ def test_calibration_array_is_validated(tmp_path):
     (tmp_path / "junk.npy").write_bytes(b"not numpy")
     with pytest.raises(InputSpecError, match="cannot read"):
         load_calibration(str(tmp_path / "junk.npy"), TINY_SHAPE)
+
+
+def _penni_plan(cin, cout, size, density, seed=0, d=5):
+    from penni_deploy.plan import PENNI_COMPOSITE, ConvChain, ConvGeometry, Epilogue, plan_penni_layer
+    from penni_deploy.plan.quantize import ActivationRange
+
+    rng = np.random.default_rng(seed)
+    basis = np.tile(rng.standard_normal((d, 3, 3)).astype(np.float32), (cin, 1, 1)).reshape(cin * d, 1, 3, 3)
+    coefs = rng.standard_normal((cout, cin * d)).astype(np.float32) * (rng.random((cout, cin * d)) < density)
+    g = ConvGeometry(1, cin, size, size, 3, 3, (1, 1), (1, 1, 1, 1), (1, 1))
+    chain = ConvChain(PENNI_COMPOSITE, g, (1, cout, size, size), coefs, basis, None, Epilogue(), 0, None,
+                      ActivationRange(0.0, 4.0))
+    return plan_penni_layer(chain)
+
+
+def test_auto_keeps_sparse_penni_layers_in_fp32():
+    """What the measurements behind the cost model showed: the bundled ResNet20's 16-channel 32×32
+    layers (24% dense) win as int8 convs; ResNet18's 3%-dense layers stay two-stage float32."""
+    from penni_deploy.kernels.cpu import CpuKernels
+
+    auto = CpuKernels(lanes=16, threads=2, precision="int8")
+    assert auto.int8_penni(_penni_plan(16, 16, 32, 0.24)) is not None
+    assert auto.int8_penni(_penni_plan(64, 64, 32, 0.03)) is None
+    assert auto.int8_penni(_penni_plan(512, 512, 4, 0.03)) is None
+    forced = CpuKernels(lanes=16, threads=2, precision="int8", int8_layers="all")
+    assert forced.int8_penni(_penni_plan(512, 512, 4, 0.03)) is not None
+    assert CpuKernels(lanes=16, threads=2).int8_penni(_penni_plan(16, 16, 32, 0.24)) is None  # fp32 build

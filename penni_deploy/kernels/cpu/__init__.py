@@ -95,7 +95,7 @@ class CpuKernels(KernelLibrary):
     def _int8_packed(self, chain, weight) -> int8.PackedInt8Conv:
         quant = InputQuantization.from_range(chain.input_range)
         return int8.pack_int8_conv(np.asarray(weight, np.float32), chain.geometry, quant,
-                                   int8.tile_rows_for(chain.geometry))
+                                   int8.tile_rows_for(chain.geometry, self.threads))
 
     def int8_penni(self, plan) -> int8.PackedInt8Conv | None:
         """The int8 conv of a PENNI layer, when this build is int8, the layer has a calibrated input

@@ -1,13 +1,15 @@
 """int8 convs on x86 with ``vpdpbusd`` (AVX512_VNNI): weight packing and the TIR task loop.
 
 The tile itself is C (``native/int8_conv.c``: quantize the rows a tile reads into channel quads,
-sparse quads of weights per output channel, float epilogue); this module packs a conv's weights into
-what it reads and generates the TIR kernel that hands it one (image, row tile) task at a time.
+sparse weight quads per block of four output channels, float epilogue); this module packs a conv's
+weights into what it reads, generates the TIR kernel that hands it one (image, row tile, channel
+part) task at a time, and estimates its time.
 
 A PENNI layer runs here as the conv it computes, ``W[o, i] = Σ_r C[o, i, r]·B[r]``, with the
-all-zero (o, channel quad, tap) weight quads skipped: ``vpdpbusd`` does four multiply-adds per lane
-on one quad, and the basis stage (one input channel per map) has no such reduction to feed it.
-``Int8Choice`` decides per layer whether that beats the float32 PENNI kernels.
+all-zero (block, channel quad, tap) weight quads skipped: ``vpdpbusd`` does four multiply-adds per
+lane on one quad, and the basis stage (one input channel per map) has no such reduction to feed it.
+``CpuKernels.int8_penni`` decides per layer, with ``int8_cost``, whether that beats the float32
+PENNI kernels.
 """
 
 from __future__ import annotations
@@ -46,15 +48,20 @@ def slots_per_tile(g: ConvGeometry, rows: int) -> int:
     return -(-rows // (2 if wo > 4 else 4))
 
 
-def tile_rows_for(g: ConvGeometry, max_slots: int = 2 * TILE_VECTORS) -> int:
-    """Output rows per task: a divisor of the output height whose vectors fill the register block
-    (a multiple of ``TILE_VECTORS``) within ``max_slots`` vectors, the most such rows (each tile
-    quantizes the kernel's extra rows again: 4 rows of a 3×3 conv read 6); else the most rows
-    within ``max_slots`` vectors. ``channel_parts`` makes up the tasks that fewer tiles lose."""
+def tile_rows_for(g: ConvGeometry, threads: int = 1, max_slots: int = 4 * TILE_VECTORS) -> int:
+    """Output rows per task: among the divisors of the output height whose vectors fill whole
+    register blocks (``TILE_VECTORS``) within ``max_slots``, the one that quantizes the fewest input
+    rows in all (each tile quantizes its kernel's extra rows again, 4 rows of a 3×3 conv read 6;
+    each channel part its tile's rows); else the most rows within ``max_slots`` vectors."""
     divisors = [r for r in range(1, g.out_height + 1) if g.out_height % r == 0]
     full = [r for r in divisors if slots_per_tile(g, r) % TILE_VECTORS == 0 and slots_per_tile(g, r) <= max_slots]
+
+    def quantized_rows(rows: int) -> int:
+        tiles = g.batch * (g.out_height // rows)
+        return tiles * channel_parts(tiles, threads, threads) * in_rows(g, rows)
+
     if full:
-        return full[-1]
+        return min(full, key=lambda r: (quantized_rows(r), -r))
     fitting = [r for r in divisors if slots_per_tile(g, r) <= max_slots]
     return fitting[-1] if fitting else 1
 

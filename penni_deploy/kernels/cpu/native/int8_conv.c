@@ -14,8 +14,10 @@
  *   3. epilogue:  y = (acc - comp[o]) * scale[o] + bias[o] (+ residual) (ReLU),  comp[o] = zp * sum(w[o]).
  *
  * The arithmetic is exact integer arithmetic up to the float epilogue; tests compare it with NumPy.
- * TVM 0.27 cannot vectorize this layout transform and gather from TIR cleanly, so the tile lives in
- * C like the bf16 micro-kernel; the TIR kernel (kernels/cpu/int8.py) owns tasks, threads and scratch.
+ * The tile is C, like the bf16 micro-kernel, because it is made of exact instruction choices (the
+ * saturating packs and byte shuffle of the quad interleave, vpdpbusd, the two-load permutes of
+ * stride 2) around a data-dependent quad list; the TIR kernel (kernels/cpu/int8.py) owns tasks,
+ * threads and scratch.
  */
 #include <immintrin.h>
 #include <math.h>
@@ -26,9 +28,9 @@ enum { G_CIN, G_H, G_W, G_KH, G_KW, G_SH, G_SW, G_PH, G_PW, G_DH, G_DW, G_HO, G_
 
 /* The register block of step 2: output channels x vectors of 16 pixels (int8.py mirrors both). */
 #define PENNI_Q8_OUTPUTS 4
-/* Input rows one tile may read (int8.py keeps tiles within it). */
-#define PENNI_Q8_MAX_IN_ROWS 512
 #define PENNI_Q8_VECTORS 4
+/* Input rows one tile may read (int8.py's tiles stay far below; more is refused). */
+#define PENNI_Q8_MAX_IN_ROWS 512
 
 /* Step 1. A row holds G_ROW_WORDS words: the padded input row, or more where the tile's vectors
  * read past it (kernels/cpu/int8.py: row_words). */
