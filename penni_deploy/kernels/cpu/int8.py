@@ -199,7 +199,7 @@ def int8_conv_kernel(g: ConvGeometry, packed: PackedInt8Conv, epilogue: Epilogue
 #: Vector instructions per microsecond, 2 threads, measured on the dev host's layers (ResNet20 and
 #: ResNet18 at batch 1): the int8 tile, the float32 PENNI kernels and the float32 dense GEMM. Only
 #: their ratios matter: they pick, per layer, which kernel an ``auto`` int8 build uses.
-INT8_RATE, FP32_PENNI_RATE, FP32_GEMM_RATE = 7.8e3, 6.8e3, 11.5e3
+INT8_RATE, FP32_PENNI_RATE, FP32_GEMM_RATE = 9.5e3, 6.8e3, 11.5e3
 #: Cost of quantizing one channel quad of 16 pixels, and of the epilogue of one vector, in instructions.
 QUANTIZE_OPS, EPILOGUE_OPS = 12, 6
 
