@@ -5,13 +5,11 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
-import sys
 
 import numpy as np
 import pytest
 import torch
-from tiny_models import TINY_SHAPE, save_pt2, tiny_model
+from tiny_models import TINY_SHAPE, run_in_fresh_process, save_pt2, tiny_model
 
 from penni_deploy.artifact.runtime import _missing_cpu_features
 from penni_deploy.calibration import calibrate, with_layer_inputs
@@ -151,17 +149,10 @@ def test_int8_artifact_runs_in_a_fresh_process(tiny_pt2, calibration, tmp_path, 
     assert "calibration  10 images, minmax" in capsys.readouterr().out
 
     x = calibration[1][:2]
-    np.save(tmp_path / "x.npy", x)
-    # A fresh process, with no compiler cache: the library must carry the int8 tile itself.
-    code = ("import sys, numpy as np, penni_deploy; m = penni_deploy.load(sys.argv[1]); "
-            "np.save(sys.argv[3], m(np.load(sys.argv[2])))")
-    env = {"XDG_CACHE_HOME": str(tmp_path / "empty-cache"), "PATH": "/usr/bin:/bin"}
-    subprocess.run([sys.executable, "-c", code, str(artifact), str(tmp_path / "x.npy"), str(tmp_path / "y.npy")],
-                   check=True, env=env, timeout=300)
-    assert not (tmp_path / "empty-cache").exists()
+    got = run_in_fresh_process(artifact, x, tmp_path)  # the library must carry the int8 tile itself
     with torch.inference_mode():
         expected = tiny_model()(torch.from_numpy(x)).numpy()
-    error = np.abs(np.load(tmp_path / "y.npy") - expected).max() / np.abs(expected).max()
+    error = np.abs(got - expected).max() / np.abs(expected).max()
     assert 1e-6 < error < 5e-2
 
 

@@ -3,13 +3,11 @@ its precision, carries its micro-kernel (a fresh process runs it with nothing co
 loader refuses it on a CPU without the feature."""
 
 import json
-import subprocess
-import sys
 
 import numpy as np
 import pytest
 import torch
-from tiny_models import TINY_SHAPE, save_pt2, tiny_model
+from tiny_models import TINY_SHAPE, run_in_fresh_process, save_pt2, tiny_model
 
 from penni_deploy.artifact.runtime import _missing_cpu_features
 from penni_deploy.machine import cpu_flags
@@ -77,16 +75,8 @@ def test_bf16_artifact_runs_in_a_fresh_process(tiny_pt2, tmp_path, capsys):
     assert "precision    bf16" in capsys.readouterr().out
 
     x = np.random.default_rng(0).standard_normal(TINY_SHAPE).astype(np.float32)
-    np.save(tmp_path / "x.npy", x)
-    # A fresh process, with no compiler cache: the library must carry the micro-kernel itself.
-    code = ("import sys, numpy as np, penni_deploy; m = penni_deploy.load(sys.argv[1]); "
-            "np.save(sys.argv[3], m(np.load(sys.argv[2])))")
-    env = {"XDG_CACHE_HOME": str(tmp_path / "empty-cache"), "PATH": "/usr/bin:/bin"}
-    subprocess.run([sys.executable, "-c", code, str(artifact), str(tmp_path / "x.npy"), str(tmp_path / "y.npy")],
-                   check=True, env=env, timeout=300)
-    assert not (tmp_path / "empty-cache").exists()
+    got = run_in_fresh_process(artifact, x, tmp_path)  # the library must carry the micro-kernel itself
     with torch.inference_mode():
         expected = torch.export.load(str(tiny_pt2)).module()(torch.from_numpy(x)).numpy()
-    got = np.load(tmp_path / "y.npy")
     error = np.abs(got - expected).max() / np.abs(expected).max()
     assert 1e-6 < error < 2e-2  # rounded (not fp32-exact), yet close

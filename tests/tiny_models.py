@@ -62,3 +62,21 @@ def assert_matches_tiny_model(artifact, seed: int) -> None:
         expected = tiny_model()(torch.from_numpy(x)).numpy()
     np.testing.assert_allclose(load(str(artifact))(x), expected, rtol=1e-4, atol=1e-4 * np.abs(expected).max())
 
+
+
+def run_in_fresh_process(artifact, x, tmp_path):
+    """``artifact`` run on ``x`` in a new Python with an empty compiler cache (so its library must
+    carry every micro-kernel it calls); asserts nothing was compiled there. Returns the output."""
+    import subprocess
+    import sys
+
+    import numpy as np
+
+    np.save(tmp_path / "x.npy", x)
+    code = ("import sys, numpy as np, penni_deploy; m = penni_deploy.load(sys.argv[1]); "
+            "np.save(sys.argv[3], m(np.load(sys.argv[2])))")
+    env = {"XDG_CACHE_HOME": str(tmp_path / "empty-cache"), "PATH": "/usr/bin:/bin"}
+    subprocess.run([sys.executable, "-c", code, str(artifact), str(tmp_path / "x.npy"), str(tmp_path / "y.npy")],
+                   check=True, env=env, timeout=300)
+    assert not (tmp_path / "empty-cache").exists()
+    return np.load(tmp_path / "y.npy")
