@@ -89,6 +89,8 @@ def _check_calibration_options(options) -> None:
     if options.calibration_method not in CALIBRATION_METHODS:
         raise InputSpecError(f"--calibration-method must be one of {', '.join(CALIBRATION_METHODS)}, "
                              f"not {options.calibration_method!r}")
+    if options.int8_layers not in ("auto", "all"):
+        raise InputSpecError(f"--int8-layers must be one of auto, all, not {options.int8_layers!r}")
     if not 50.0 < options.percentile <= 100.0:
         raise InputSpecError(f"--percentile {options.percentile} must be in (50, 100]")
     if options.precision == "int8" and options.calibration is None:
@@ -140,8 +142,8 @@ def compile(  # noqa: A001 - the command is called compile
                              micro_batch=micro_batch, calibration=str(calibration) if calibration else None,
                              calibration_method=calibration_method, percentile=percentile,
                              int8_layers=int8_layers)
-    options.make_target()  # an unsupported --precision or --mcpu fails here, before loading the model
     _check_calibration_options(options)
+    options.make_target()  # an unsupported --precision or --mcpu fails here, before loading the model
     progress = Progress(quiet, stages=COMPILE_STAGES, label="compile")
     with progress.activate():
         manifest = compile_model(str(model), str(output), arch=model_arch, trust_pickle=trust_pickle,
@@ -456,8 +458,8 @@ def bench(
                                                   calibration=str(calibration) if calibration else None,
                                                   calibration_method=calibration_method, int8_layers=int8_layers),
                            peers=peers)
-    options.compile.make_target()
     _check_calibration_options(options.compile)
+    options.compile.make_target()
     report = run_bench(str(model), arch=model_arch, trust_pickle=trust_pickle, input_shape=_shape(input_shape),
                        options=options, progress=Progress())
     typer.echo(format_bench_table(report))
