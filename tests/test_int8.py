@@ -150,6 +150,9 @@ def test_int8_artifact_runs_in_a_fresh_process(tiny_pt2, calibration, tmp_path, 
     assert manifest["calibration"]["images"] == 10
     assert main(["inspect", str(artifact)]) == 0
     assert "calibration  10 images, minmax" in capsys.readouterr().out
+    assert main(["profile", str(artifact), "--repeat", "3", "--peak-size", "256", "--bandwidth-mb", "8"]) == 0
+    report = capsys.readouterr().out
+    assert "int8, TVM threads" in report and "int8 convs (vpdpbusd)" in report
 
     x = calibration[1][:2]
     got = run_in_fresh_process(artifact, x, tmp_path)  # the library must carry the int8 tile itself

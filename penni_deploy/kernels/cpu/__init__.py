@@ -1,4 +1,5 @@
-"""CPU kernel generators: threads over (image, channel) tasks, vectorized inner loops."""
+"""CPU kernel generators: threads over (image, channel) tasks, vectorized inner loops; the int8 conv
+(``int8.py``) and the bf16 GEMM tile call C micro-kernels (``native/``)."""
 
 from __future__ import annotations
 
@@ -6,6 +7,7 @@ import numpy as np
 
 from ..config import DEFAULT_CONFIG, KernelConfig
 from ...plan.epilogue import Epilogue
+from ...plan.quantize import InputQuantization, dense_weights_of_penni
 from ..library import KernelLibrary, KernelStep
 from .basis_conv import basis_conv_kernel
 from .basis_narrow import basis_narrow_kernel, is_narrow
@@ -28,7 +30,6 @@ from .gemm import (
 )
 from . import bf16, int8
 from .fused_layer import fused_penni_kernel
-from ...plan.quantize import InputQuantization, dense_weights_of_penni
 
 #: Beyond this many nonzeros a pattern-specialized kernel takes too long to compile for its gain.
 MAX_UNROLLED_NNZ = 6_000
