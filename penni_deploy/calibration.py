@@ -59,6 +59,12 @@ def load_calibration(path: str, input_shape: tuple[int, ...]) -> np.ndarray:
         data = np.load(path, allow_pickle=False)
     except (OSError, ValueError) as exc:
         raise InputSpecError(f"cannot read the calibration array {path}: {exc}; save one with numpy.save") from None
+    return check_calibration(data, input_shape, path)
+
+
+def check_calibration(data: np.ndarray, input_shape: tuple[int, ...], path: str = "(in memory)") -> np.ndarray:
+    """``data`` as contiguous float32, or an error naming what is wrong with it as a calibration set."""
+    data = np.asarray(data)
     if data.ndim != 4 or tuple(data.shape[1:]) != tuple(input_shape[1:]):
         raise InputSpecError(f"calibration array {path} has shape {tuple(data.shape)}; it must be N×"
                              f"{'×'.join(map(str, input_shape[1:]))} (preprocessed inputs of the compiled shape)")

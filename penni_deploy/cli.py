@@ -84,13 +84,13 @@ Percentile = Annotated[float, typer.Option(help="int8 with --calibration-method 
 
 def _check_calibration_options(options) -> None:
     """Refuse calibration options that would be ignored or cannot work, before any compiling."""
-    from .plan.quantize import CALIBRATION_METHODS
+    from .plan.quantize import CALIBRATION_METHODS, INT8_LAYERS
 
     if options.calibration_method not in CALIBRATION_METHODS:
         raise InputSpecError(f"--calibration-method must be one of {', '.join(CALIBRATION_METHODS)}, "
                              f"not {options.calibration_method!r}")
-    if options.int8_layers not in ("auto", "all"):
-        raise InputSpecError(f"--int8-layers must be one of auto, all, not {options.int8_layers!r}")
+    if options.int8_layers not in INT8_LAYERS:
+        raise InputSpecError(f"--int8-layers must be one of {', '.join(INT8_LAYERS)}, not {options.int8_layers!r}")
     if not 50.0 < options.percentile <= 100.0:
         raise InputSpecError(f"--percentile {options.percentile} must be in (50, 100]")
     if options.precision == "int8" and options.calibration is None:
@@ -166,20 +166,16 @@ def _print_top1_against_fp32(model, artifact, data, limit, options, model_arch, 
     from .compiler import compile_model
     from .evaluate import top1
 
-    rows = []
     with tempfile.TemporaryDirectory(prefix="penni-eval-") as tmp:
-        reference = artifact
+        builds = [("fp32", artifact)]
         if options.precision != "fp32":
-            reference = os.path.join(tmp, "fp32.penni")
+            builds = [("fp32", os.path.join(tmp, "fp32.penni")), (options.precision, artifact)]
             fp32 = dataclasses.replace(options, precision="fp32", calibration=None, int8_layers="auto")
             progress = Progress(quiet, label="fp32 build")
             with progress.activate():
-                compile_model(model, reference, arch=model_arch, trust_pickle=trust_pickle, input_shape=input_shape,
-                              batch=batch, options=fp32, progress=progress)
-        for name, path in (("fp32", reference), (options.precision, artifact)):
-            rows.append((name, top1(load(path), data, limit)))
-            if path == reference and reference == artifact:
-                break
+                compile_model(model, builds[0][1], arch=model_arch, trust_pickle=trust_pickle,
+                              input_shape=input_shape, batch=batch, options=fp32, progress=progress)
+        rows = [(name, top1(load(path), data, limit)) for name, path in builds]
     base = rows[0][1]
     line = f"top-1 on {data} (test split, {base.images} images): " + "   ".join(
         f"{name} {result.top1:.2%}" for name, result in rows)

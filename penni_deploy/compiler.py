@@ -15,14 +15,13 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-import numpy as np
 import torch
 import tvm
 
 from . import __version__
 from .artifact.manifest import FORMAT_VERSION, Manifest, TensorSpec
 from .artifact.package import write_artifact
-from .calibration import annotate_input_ranges, calibrate, load_calibration
+from .calibration import annotate_input_ranges, calibrate, check_calibration, load_calibration
 from .errors import InputSpecError, PenniError, UnsupportedModelError
 from .frontend import export_program, load_model, resolve_input_shape, to_relax
 from .frontend.load_model import LoadedModel
@@ -185,11 +184,10 @@ def _calibrated(mod: tvm.IRModule, input_shape: tuple[int, ...], options: Compil
     if isinstance(options.calibration, str):
         data = load_calibration(options.calibration, input_shape)
     else:
-        data = np.ascontiguousarray(options.calibration, dtype=np.float32)
-        if data.ndim != 4 or data.shape[1:] != tuple(input_shape[1:]):
-            raise InputSpecError(f"calibration array of shape {data.shape} does not match the input {input_shape}")
+        data = check_calibration(options.calibration, input_shape)
     progress(f"calibrating int8 ranges on {len(data)} images ({options.calibration_method})")
-    ranges = calibrate(mod, data, method=options.calibration_method, percentile=options.percentile)
+    ranges = calibrate(mod, data, method=options.calibration_method, percentile=options.percentile,
+                       progress=progress)
     info = {"images": int(len(data)), "method": options.calibration_method,
             "sha256": hashlib.sha256(data.tobytes()).hexdigest()}
     if options.calibration_method == "percentile":

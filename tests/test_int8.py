@@ -190,6 +190,10 @@ def test_calibration_array_is_validated(tmp_path):
     np.save(bad, np.zeros((2, 3, 12, 12), np.int64))
     with pytest.raises(InputSpecError, match="float32"):
         load_calibration(str(bad), TINY_SHAPE)
+    if HAS_VNNI:  # an array passed in memory is checked alike (the build gets that far only with VNNI)
+        in_memory = CompileOptions(precision="int8", calibration=np.zeros((2, 3, 8, 8), np.float32))
+        with pytest.raises(InputSpecError, match="must be N×3×12×12"):
+            compile_program(_tiny_program(), TINY_SHAPE, in_memory)
     (tmp_path / "junk.npy").write_bytes(b"not numpy")
     with pytest.raises(InputSpecError, match="cannot read"):
         load_calibration(str(tmp_path / "junk.npy"), TINY_SHAPE)

@@ -29,7 +29,7 @@ from dataclasses import replace
 import numpy as np
 import torch
 
-from ..calibration import load_calibration
+from ..calibration import check_calibration, load_calibration
 from ..compiler import compile_loaded
 from ..frontend import load_model, resolve_input_shape
 from ..frontend.load_model import LoadedModel
@@ -84,8 +84,10 @@ def run_bench(path: str, *, arch: str | None = None, trust_pickle: bool = False,
     fp32_options = replace(options.compile, precision="fp32", calibration=None, int8_layers="auto")
     calibration = None
     if options.compile.precision == "int8" and options.compile.calibration is not None:
-        calibration = (load_calibration(options.compile.calibration, shapes[options.batches[0]])
-                       if isinstance(options.compile.calibration, str) else np.asarray(options.compile.calibration))
+        shape = shapes[options.batches[0]]
+        calibration = (load_calibration(options.compile.calibration, shape)
+                       if isinstance(options.compile.calibration, str) else
+                       check_calibration(options.compile.calibration, shape))
     networks, pruned_sparsity = peer_networks(loaded.model) if engines and not saved_file else ({}, {})
     if saved_file:
         dense_loaded = loaded  # TVM without the PENNI passes compiles the network as saved

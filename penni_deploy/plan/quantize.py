@@ -24,6 +24,8 @@ import numpy as np
 CALIBRATION_METHODS = ("minmax", "percentile")
 #: The percentile of |x| (and of x) the ``percentile`` method keeps by default.
 DEFAULT_PERCENTILE = 99.99
+#: ``--int8-layers``: ``auto`` (int8 where the cost model estimates it faster), ``all`` (every conv).
+INT8_LAYERS = ("auto", "all")
 
 
 @dataclass(frozen=True)
@@ -32,13 +34,6 @@ class ActivationRange:
 
     low: float
     high: float
-
-    def to_json(self) -> dict:
-        return {"low": self.low, "high": self.high}
-
-    @classmethod
-    def from_json(cls, data: dict) -> ActivationRange:
-        return cls(float(data["low"]), float(data["high"]))
 
 
 @dataclass(frozen=True)

@@ -10,6 +10,7 @@ from tvm.target import codegen
 from ...errors import TargetError
 from ...kernels.cpu import CpuKernels
 from ...machine import available_cores, last_level_cache_bytes
+from ...plan.quantize import INT8_LAYERS
 from ..base import Target
 from ..common import lowering_passes
 from .schedules import ScheduleRemainingOps
@@ -20,8 +21,7 @@ X86_TRIPLE = "x86_64-linux-gnu"
 #: ``--precision`` values, and the LLVM features each needs beyond AVX-512F (the instruction, for errors).
 PRECISIONS = {"fp32": ((), ""), "bf16": (("avx512bf16",), "AVX512_BF16 (vdpbf16ps)"),
               "int8": (("avx512bw", "avx512vl", "avx512vnni"), "AVX512_VNNI (vpdpbusd)")}
-#: ``--int8-layers`` values (see ``X86Target``).
-INT8_LAYERS = ("auto", "all")
+
 
 
 class X86Target(Target):
