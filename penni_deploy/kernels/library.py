@@ -10,11 +10,13 @@ from __future__ import annotations
 
 import abc
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 from tvm import tirx
 
 from ..plan.layers import ConvChain, PenniLayerPlan
+from ..plan.quantize import Int8Handoff
 from .config import DEFAULT_CONFIG, KernelConfig
 
 
@@ -67,6 +69,17 @@ class KernelLibrary(abc.ABC):
         """``Y (N, out) = X (N, K) · weight (K, out)`` as a kernel and the constants it reads after ``X``,
         or None to leave the matmul to the target's schedules (the default)."""
         return None
+
+    def int8_conv(self, chain: ConvChain, plan: PenniLayerPlan | None = None) -> Any | None:
+        """The int8 form of a conv layer (``plan`` given for a PENNI layer), opaque to the lowering, where
+        this library runs the layer in int8; None (the default) where it runs it in float32."""
+        return None
+
+    def int8_conv_kernel(self, chain: ConvChain, int8_conv: Any,
+                         handoff: Int8Handoff) -> tuple[tirx.PrimFunc, list[np.ndarray]]:
+        """The kernel of an ``int8_conv`` result and the constants it reads after ``X``, reading and
+        writing what ``handoff`` says: ``(X, *constants, [bias], [residual], [Y], [YQ])``."""
+        raise NotImplementedError(f"{self.name} kernels have no int8 convs")
 
     def supports(self, config: KernelConfig) -> bool:
         """Whether ``penni_layer`` implements ``config`` (the default: basis-first CSR, two kernels)."""

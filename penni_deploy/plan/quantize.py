@@ -7,8 +7,9 @@
 - the layer's input per tensor, from a calibrated range: ``x_q = clamp(rint(x / s_x + zp), 0, 255)``
   as unsigned bytes (what ``vpdpbusd`` reads). An input that is never negative (after a ReLU) uses
   all 256 levels, ``zp = 0``, ``s_x = max / 255``; a signed one ``zp = 128``, ``s_x = max |x| / 127``;
-- the output ``y = (Σ w_q·x_q − zp·Σ w_q) · s_x·s_w[o] + bias``, in float32, which the next layer
-  quantizes again (activations stay float32 between layers).
+- the output ``y = (Σ w_q·x_q − zp·Σ w_q) · s_x·s_w[o] + bias`` in float32; where the next layer
+  is an int8 conv too, the epilogue also writes it quantized as that layer's input, in channel-quad
+  words (``Int8Handoff``), and the next layer reads those instead of quantizing again.
 
 The kernels (``kernels/cpu/int8.py``), the calibration (``calibration.py``) and the layer plan read
 these types, so they live here, below all of them.
@@ -55,6 +56,27 @@ class InputQuantization:
         inv = np.float64(np.float32(1.0 / self.scale))
         shifted = (np.asarray(x, np.float32).astype(np.float64) * inv + self.zero_point).astype(np.float32)
         return np.clip(np.rint(np.minimum(shifted, 32000.0)), 0, 255).astype(np.uint8)
+
+
+#: dtype of the channel-quad words an int8 conv hands the next one (Relax and TIR tensors).
+QUAD_WORD_DTYPE = "uint32"
+
+
+def channel_quads(channels: int) -> int:
+    """Words per pixel of ``channels`` channels in the channel-quad layout (four uint8 codes a word)."""
+    return -(-channels // 4)
+
+
+@dataclass(frozen=True)
+class Int8Handoff:
+    """How an int8 conv meets its neighbours: whether its input arrives as channel-quad words the
+    previous layer's epilogue wrote (``quads_in``), whether it writes its float32 output (``float_out``:
+    some consumer is not an int8 conv), and the quantization of the next int8 layer's input to write
+    its output in as words too (``out``; None: none)."""
+
+    quads_in: bool = False
+    float_out: bool = True
+    out: InputQuantization | None = None
 
 
 def _positive(scale: float) -> float:

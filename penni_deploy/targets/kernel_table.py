@@ -20,6 +20,8 @@ its layer. The layer of each call is read right after ``LowerConvComposites`` (t
 survives the rewrite; every ``call_tir`` bound before it since the previous layer is that layer's),
 then matched in order against the final module's calls of the same kernels. Later passes keep the
 order of these opaque kernels; if they ever did not, the table says ``layer: None`` rather than guess.
+A composite binding whose type the lowering changes (an int8 conv whose output only the next int8
+convs read, as quantized words) does not survive; the pass names the kernel call standing for it.
 """
 
 from __future__ import annotations
@@ -69,7 +71,7 @@ class KernelTableRecorder:
         wrapped = []
         for p in passes:
             if p.info.name == _LOWERING_PASS:
-                wrapped += [self._before(), p, self._after()]
+                wrapped += [self._before(), p, self._after(p)]
             else:
                 wrapped.append(p)
         return wrapped
@@ -89,14 +91,16 @@ class KernelTableRecorder:
 
         return tvm.transform.module_pass(record, opt_level=0, name="RecordConvLayers")
 
-    def _after(self) -> tvm.transform.Pass:
+    def _after(self, lowering: tvm.transform.Pass) -> tvm.transform.Pass:
         def record(mod: tvm.IRModule, _ctx) -> tvm.IRModule:
+            # bindings the lowering could not keep (their type changed) and the variables standing for them
+            stand_ins = getattr(lowering, "stand_ins", {})
             pending: list[str] = []
             for binding in _bindings(mod["main"]):
                 found = _callee(mod, binding.value)
                 if found and isinstance(found[1], tirx.PrimFunc):
                     pending.append(found[0].name_hint)
-                layer = self._layer_of_var.get(binding.var)
+                layer = self._layer_of_var.get(stand_ins.get(binding.var, binding.var))
                 if layer is not None:
                     self.layer_kernels += [(name, *layer) for name in pending]
                     pending = []

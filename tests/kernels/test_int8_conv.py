@@ -41,12 +41,29 @@ def reference(x, weight, g: ConvGeometry, packed: int8.PackedInt8Conv, bias, res
     return np.maximum(out, 0) if relu else out
 
 
-def run_tile(lib, x, packed, g, rows_total, bias, residual, relu):
+def as_quads(codes: np.ndarray, fill: int) -> np.ndarray:
+    """uint8 codes (C, ...) as channel-quad words (⌈C/4⌉, ...): channel 4q+s in byte s, ``fill`` past C."""
+    c = codes.shape[0]
+    padded = np.full((-(-c // 4) * 4,) + codes.shape[1:], fill, np.uint8)
+    padded[:c] = codes
+    moved = np.moveaxis(padded.reshape((-1, 4) + codes.shape[1:]), 1, -1)
+    return np.ascontiguousarray(moved).view(np.uint32)[..., 0]
+
+
+def run_tile(lib, x, packed, g, rows_total, bias, residual, relu, *, quads_in=False, out_quant=None,
+             float_out=True):
+    """The C tile over every row tile of one image; returns ``y`` (float32, NaN where never written)
+    and, with ``out_quant``, the words it wrote for the next layer."""
     cout = packed.scale.shape[0]
-    y = np.full((cout, g.out_height * g.out_width), np.nan, np.float32)
+    pixels = g.out_height * g.out_width
+    y = np.full((cout, pixels), np.nan, np.float32)
+    yq = np.full((-(-cout // 4), pixels), 0xDEADBEEF, np.uint32)
     scratch = np.zeros(int8.scratch_words(g, packed.rows), np.uint32)
     flags = (int8.RELU if relu else 0) | (int8.BIAS if bias is not None else 0) | (
         int8.RESIDUAL if residual is not None else 0)
+    flags |= (int8.QUADS_IN if quads_in else 0) | (int8.QUADS_OUT if out_quant else 0)
+    flags |= 0 if float_out else int8.NO_FLOAT_OUT
+    out_quant = out_quant or packed.input
     ptr = lambda a: a.ctypes.data_as(ctypes.c_void_p)  # noqa: E731
     dummy = packed.scale
     fn = lib.penni_q8_conv_tile
@@ -57,9 +74,11 @@ def run_tile(lib, x, packed, g, rows_total, bias, residual, relu):
                 ctypes.c_float(np.float32(1.0 / packed.input.scale)), ctypes.c_int32(packed.input.zero_point),
                 ptr(scratch), ptr(packed.qptr), ptr(packed.qoff), ptr(packed.qw), ptr(packed.comp),
                 ptr(packed.scale), ptr(bias if bias is not None else dummy),
-                ptr(residual if residual is not None else dummy), ptr(y), ctypes.c_int32(flags))
+                ptr(residual if residual is not None else dummy), ptr(y), ptr(yq),
+                ctypes.c_float(np.float32(1.0 / out_quant.scale)), ctypes.c_int32(out_quant.zero_point),
+                ctypes.c_int32(flags))
         assert rc == 0
-    return y
+    return (y, yq) if flags & int8.QUADS_OUT else y
 
 
 @pytest.fixture(scope="module")
@@ -152,3 +171,34 @@ def test_quantized_conv_is_close_to_the_float_conv(lib):
     want = torch.nn.functional.conv2d(torch.from_numpy(x)[None], torch.from_numpy(weight), padding=1)[0]
     want = want.reshape(16, -1).numpy()
     assert np.abs(got - want).max() / np.abs(want).max() < 2e-2
+
+
+@pytest.mark.parametrize("case", CASES, ids=lambda c: "x".join(map(str, c)))
+def test_tile_reads_and_writes_quantized_words(lib, case):
+    """The int8 handoff: a tile reading the words a previous layer wrote computes exactly what it
+    computes from the float32 input; the words it writes are its output quantized as the next
+    layer's input (channels past Cout at the next layer's zero point)."""
+    cin, h, w, cout, k, stride, pad, dil, rows = case
+    rng = np.random.default_rng(hash(case) % 2**31 + 1)
+    g = ConvGeometry(1, cin, h, w, k, k, (stride, stride), (pad, pad, pad, pad), (dil, dil))
+    x = rng.standard_normal((cin, h, w)).astype(np.float32)
+    weight = rng.standard_normal((cout, cin, k, k)).astype(np.float32)
+    weight[rng.random(weight.shape) < 0.5] = 0
+    quant = InputQuantization.from_range(ActivationRange(float(x.min()), float(x.max()) * 0.8))
+    packed = int8.pack_int8_conv(weight, g, quant, rows)
+    bias = rng.standard_normal(cout).astype(np.float32)
+    residual = rng.standard_normal((cout, g.out_height * g.out_width)).astype(np.float32)
+    from_float = run_tile(lib, x, packed, g, rows, bias, residual, True)
+    words_in = as_quads(quant.quantize(x).reshape(cin, -1), quant.zero_point)
+    for relu, next_low in [(True, 0.0), (False, -2.0)]:
+        nxt = InputQuantization.from_range(ActivationRange(next_low, 3.0))
+        y, yq = run_tile(lib, words_in, packed, g, rows, bias, residual, relu, quads_in=True, out_quant=nxt)
+        want = reference(x, weight, g, packed, bias, residual, relu)
+        np.testing.assert_allclose(y, want, rtol=1e-6, atol=1e-6 * np.abs(want).max())
+        if relu:
+            np.testing.assert_array_equal(y, from_float)  # the same codes, so the same sums
+        np.testing.assert_array_equal(yq, as_quads(nxt.quantize(y), nxt.zero_point))
+    only_words, yq = run_tile(lib, x, packed, g, rows, None, None, True, out_quant=quant, float_out=False)
+    assert np.isnan(only_words).all()  # no float32 store at all
+    np.testing.assert_array_equal(yq, as_quads(quant.quantize(reference(x, weight, g, packed, None, None, True)),
+                                               quant.zero_point))

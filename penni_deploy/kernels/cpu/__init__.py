@@ -40,8 +40,8 @@ class CpuKernels(KernelLibrary):
 
     ``precision``: ``fp32``; ``bf16`` for the dense layers (PENNI layers stay float32); or ``int8``:
     every conv with a calibrated input range (``ConvChain.input_range``) on the int8 conv
-    (``int8.py``), a PENNI layer only where that is estimated cheaper than its float32 kernels;
-    Linear stays float32.
+    (``int8.py``, through ``int8_conv``: ``LowerConvComposites`` asks it first), a PENNI layer only
+    where that is estimated cheaper than its float32 kernels; Linear stays float32.
     """
 
     name = "cpu"
@@ -69,8 +69,6 @@ class CpuKernels(KernelLibrary):
                                     plan.coefs.nnz, chain.epilogue, lanes=self.lanes)
 
     def dense_conv(self, chain):
-        if (packed := self.int8_dense(chain)) is not None:
-            return int8.int8_conv_kernel(chain.geometry, packed, chain.epilogue, self.threads), packed.constants
         g, cout = chain.geometry, chain.out_channels
         orientation = pick_orientation(chain.pixels, cout, self.lanes)
         kernel = gemm_conv_kernel(g, cout, chain.epilogue, lanes=self.lanes, threads=self.threads,
@@ -97,6 +95,13 @@ class CpuKernels(KernelLibrary):
         quant = InputQuantization.from_range(chain.input_range)
         return int8.pack_int8_conv(np.asarray(weight, np.float32), chain.geometry, quant,
                                    int8.tile_rows_for(chain.geometry, self.threads))
+
+    def int8_conv(self, chain, plan=None):
+        return self.int8_penni(plan) if plan is not None else self.int8_dense(chain)
+
+    def int8_conv_kernel(self, chain, int8_conv, handoff):
+        kernel = int8.int8_conv_kernel(chain.geometry, int8_conv, chain.epilogue, self.threads, handoff)
+        return kernel, int8_conv.constants
 
     def int8_penni(self, plan) -> int8.PackedInt8Conv | None:
         """The int8 conv of a PENNI layer, when this build is int8, the layer has a calibrated input
@@ -125,9 +130,6 @@ class CpuKernels(KernelLibrary):
         chain = plan.chain
         g = chain.geometry
         out_shape = (g.batch, chain.out_channels, chain.pixels)
-        if (packed := self.int8_penni(plan)) is not None:
-            kernel = int8.int8_conv_kernel(g, packed, chain.epilogue, self.threads)
-            return [KernelStep(kernel, "penni_int8_conv", packed.constants, out_shape, takes_epilogue=True)]
         if config.order == "coef_first":
             coef_first = plan.coef_first()
             if coef_first is None:

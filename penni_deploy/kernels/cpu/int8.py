@@ -23,8 +23,7 @@ from tvm.script.ir_builder import tirx as T
 
 from ...plan.epilogue import Epilogue
 from ...plan.geometry import ConvGeometry
-from ...plan.quantize import InputQuantization, quantize_weights
-from ..signatures import epilogue_args
+from ...plan.quantize import InputQuantization, Int8Handoff, channel_quads, quantize_weights
 from ..tir_helpers import F32, I32, KERNEL_ATTRS, parallel_tasks
 from .native import Q8_CONV_TILE
 
@@ -37,7 +36,7 @@ TILE_VECTORS = 4
 #: Words past the last row of the scratch, for the masked lanes of the last vector.
 SLACK_WORDS = 32
 #: The C tile's flags.
-RELU, BIAS, RESIDUAL = 1, 2, 4
+RELU, BIAS, RESIDUAL, QUADS_IN, QUADS_OUT, NO_FLOAT_OUT = 1, 2, 4, 8, 16, 32
 
 
 def slots_per_tile(g: ConvGeometry, rows: int) -> int:
@@ -118,7 +117,7 @@ def pack_int8_conv(weight: np.ndarray, g: ConvGeometry, quant: InputQuantization
     """Quantize an OIHW float32 conv per output channel and lay it out for the C tile."""
     cout, cin, kh, kw = weight.shape
     wq, w_scale = quantize_weights(weight)
-    quads = -(-cin // 4)
+    quads = channel_quads(cin)
     padded = np.zeros((cout, quads * 4, kh, kw), np.int8)
     padded[:, :cin] = wq
     # (Cout, quad, ky, kx, 4 channels) bytes -> one little-endian word per (o, quad, ky, kx)
@@ -144,10 +143,16 @@ def pack_int8_conv(weight: np.ndarray, g: ConvGeometry, quant: InputQuantization
     return PackedInt8Conv(geometry, qptr, qoff, qw, comp, scale, wq, quant, rows)
 
 
-def int8_conv_kernel(g: ConvGeometry, packed: PackedInt8Conv, epilogue: Epilogue, threads: int = 1) -> tirx.PrimFunc:
-    """The TIR kernel: ``f(X, geometry, qptr, qoff, qw, comp, scale, [bias], [residual], Y)``, tasks over
-    (image, tile of ``packed.rows`` output rows, part of the output channels) in parallel, each one
-    call of the C tile; ``threads`` only decides how finely small images are split."""
+def int8_conv_kernel(g: ConvGeometry, packed: PackedInt8Conv, epilogue: Epilogue, threads: int = 1,
+                     handoff: Int8Handoff = Int8Handoff()) -> tirx.PrimFunc:
+    """The TIR kernel: ``f(X, geometry, qptr, qoff, qw, comp, scale, [bias], [residual], [Y], [YQ])``,
+    tasks over (image, tile of ``packed.rows`` output rows, part of the output channels) in parallel,
+    each one call of the C tile; ``threads`` only decides how finely small images are split.
+
+    ``handoff`` says what the layer reads and writes: ``X`` float32 ``(N, Cin, H, W)``, or with
+    ``quads_in`` the words ``(N, ⌈Cin/4⌉, H·W)`` the previous layer wrote, already quantized as this
+    layer's input; ``Y`` float32 ``(N, Cout, Ho·Wo)`` unless not ``float_out``; ``YQ``, with ``out``,
+    the words ``(N, ⌈Cout/4⌉, Ho·Wo)`` of the output quantized for the next layer."""
     cout = int(packed.geometry[GEOMETRY_FIELDS.index("cout")])
     ho, wo = g.out_height, g.out_width
     rows = packed.rows
@@ -157,22 +162,33 @@ def int8_conv_kernel(g: ConvGeometry, packed: PackedInt8Conv, epilogue: Epilogue
     parts = channel_parts(g.batch * n_tiles, blocks, threads)
     per_part = -(-blocks // parts)
     parts = -(-blocks // per_part)
-    image = g.in_channels * g.height * g.width
+    in_quads, out_quads = channel_quads(g.in_channels), channel_quads(cout)
+    image = (in_quads if handoff.quads_in else g.in_channels) * g.height * g.width
     flags = (RELU if epilogue.relu else 0) | (BIAS if epilogue.bias else 0) | (RESIDUAL if epilogue.residual else 0)
+    flags |= (QUADS_IN if handoff.quads_in else 0) | (QUADS_OUT if handoff.out else 0)
+    flags |= 0 if handoff.float_out else NO_FLOAT_OUT
     inv_scale = float(np.float32(1.0 / packed.input.scale))
+    out_quant = handoff.out or packed.input  # unused without QUADS_OUT
+    out_inv_scale = float(np.float32(1.0 / out_quant.scale))
 
     with IRBuilder() as ib:
         with T.prim_func():
             T.func_name("penni_int8_conv")
             T.func_attr(KERNEL_ATTRS)
-            X = T.arg("X", T.Buffer((g.batch, g.in_channels, g.height, g.width), F32))
+            if handoff.quads_in:
+                X = T.arg("X", T.Buffer((g.batch, in_quads, g.height * g.width), U32))
+            else:
+                X = T.arg("X", T.Buffer((g.batch, g.in_channels, g.height, g.width), F32))
             geometry = T.arg("geometry", T.Buffer((len(GEOMETRY_FIELDS),), I32))
             qptr = T.arg("qptr", T.Buffer((blocks + 1,), I32))
             qoff = T.arg("qoff", T.Buffer((nnz,), I32))
             qw = T.arg("qw", T.Buffer((nnz * BLOCK_OUTPUTS,), I32))
             comp = T.arg("comp", T.Buffer((cout,), I32))
             scale = T.arg("scale", T.Buffer((cout,), F32))
-            bias, residual, Y = epilogue_args(epilogue, g.batch, cout, ho * wo)
+            bias = T.arg("bias", T.Buffer((cout,), F32)) if epilogue.bias else None
+            residual = T.arg("residual", T.Buffer((g.batch, cout, ho * wo), F32)) if epilogue.residual else None
+            Y = T.arg("Y", T.Buffer((g.batch, cout, ho * wo), F32)) if handoff.float_out else None
+            YQ = T.arg("YQ", T.Buffer((g.batch, out_quads, ho * wo), U32)) if handoff.out else None
 
             def scratch():
                 return (T.alloc_buffer((scratch_words(g, rows),), U32),)
@@ -182,15 +198,18 @@ def int8_conv_kernel(g: ConvGeometry, packed: PackedInt8Conv, epilogue: Epilogue
                 y0 = task // parts % n_tiles * rows
                 first = task % parts * per_part
                 out_at = n * cout * ho * wo
+                unused = scale.access_ptr("r")  # for the pointers the flags say the tile never reads
                 T.evaluate(T.call_extern(
                     "int32", Q8_CONV_TILE, X.access_ptr("r", offset=n * image), geometry.access_ptr("r"),
                     y0, T.int32(rows), first, T.min(first + per_part, blocks),
                     T.float32(inv_scale), T.int32(packed.input.zero_point),
                     xq.access_ptr("w"), qptr.access_ptr("r"), qoff.access_ptr("r"), qw.access_ptr("r"),
                     comp.access_ptr("r"), scale.access_ptr("r"),
-                    (bias if bias is not None else scale).access_ptr("r"),
-                    (residual.access_ptr("r", offset=out_at) if residual is not None else scale.access_ptr("r")),
-                    Y.access_ptr("w", offset=out_at), T.int32(flags)))
+                    bias.access_ptr("r") if bias is not None else unused,
+                    residual.access_ptr("r", offset=out_at) if residual is not None else unused,
+                    Y.access_ptr("w", offset=out_at) if Y is not None else unused,
+                    YQ.access_ptr("w", offset=n * out_quads * ho * wo) if YQ is not None else unused,
+                    T.float32(out_inv_scale), T.int32(out_quant.zero_point), T.int32(flags)))
 
             parallel_tasks(g.batch * n_tiles * parts, threads, scratch, tile)
     return ib.get()

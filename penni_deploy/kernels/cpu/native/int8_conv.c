@@ -8,10 +8,14 @@
  *
  *   1. quantize the input rows the tile reads into ``xq[quad][row][col]`` (padded with the zero point,
  *      so padding and channels past Cin read as the real value 0):  q = clamp(rint(fma(x, 1/s, zp)), 0, 255)
- *      (x/s + zp rounded to float32 once, then to the nearest integer, ties to even);
+ *      (x/s + zp rounded to float32 once, then to the nearest integer, ties to even); or, when the
+ *      previous layer already wrote the input quantized (Q8_QUADS_IN), copy its rows of words;
  *   2. for each block of four output channels, run over the weight quads any of them uses (sparse:
  *      CSR over (channel quad, tap)), four channels x four vectors of 16 pixels in registers;
- *   3. epilogue:  y = (acc - comp[o]) * scale[o] + bias[o] (+ residual) (ReLU),  comp[o] = zp * sum(w[o]).
+ *   3. epilogue:  y = (acc - comp[o]) * scale[o] + bias[o] (+ residual) (ReLU),  comp[o] = zp * sum(w[o]),
+ *      stored as float32 and/or (Q8_QUADS_OUT) quantized as step 1 does it for the next layer: the
+ *      register block's four channels are one channel quad, so each vector of 16 pixels becomes 16
+ *      words of the next layer's input, and that layer skips step 1's conversion.
  *
  * The arithmetic is exact integer arithmetic up to the float epilogue; tests compare it with NumPy.
  * The tile is C, like the bf16 micro-kernel, because it is made of exact instruction choices (the
@@ -32,11 +36,29 @@ enum { G_CIN, G_H, G_W, G_KH, G_KW, G_SH, G_SW, G_PH, G_PW, G_DH, G_DW, G_HO, G_
 /* Input rows one tile may read (int8.py's tiles stay far below; more is refused). */
 #define PENNI_Q8_MAX_IN_ROWS 512
 
+/* The four channels' 16 values as 16 words of uint8 codes, channel s in byte s: q = clamp(rint(fma(v,
+ * 1/s, zp)), 0, 255). cvtps2dq rounds to nearest even under the default MXCSR, as np.rint does; past
+ * 2^31 it would give INT_MIN, and the second pack reads signed 16 bits: values are capped first (then
+ * saturate to 255). The two saturating packs clamp to [0, 255] and leave, per 128-bit lane, the four
+ * channels' bytes one after the other; the byte shuffle interleaves them into one word per pixel. */
+__attribute__((target("avx512f,avx512bw,avx512vl,avx512vnni"), always_inline)) static inline __m512i
+quantize_quad(__m512 c0, __m512 c1, __m512 c2, __m512 c3, __m512 vinv, __m512 vzpf) {
+  const __m512 vcap = _mm512_set1_ps(32000.0f);
+  const __m512i interleave = _mm512_broadcast_i32x4(_mm_setr_epi8(0, 4, 8, 12, 1, 5, 9, 13, 2, 6, 10, 14, 3, 7, 11, 15));
+  const __m512i v0 = _mm512_cvtps_epi32(_mm512_min_ps(_mm512_fmadd_ps(c0, vinv, vzpf), vcap)),
+                v1 = _mm512_cvtps_epi32(_mm512_min_ps(_mm512_fmadd_ps(c1, vinv, vzpf), vcap)),
+                v2 = _mm512_cvtps_epi32(_mm512_min_ps(_mm512_fmadd_ps(c2, vinv, vzpf), vcap)),
+                v3 = _mm512_cvtps_epi32(_mm512_min_ps(_mm512_fmadd_ps(c3, vinv, vzpf), vcap));
+  const __m512i bytes = _mm512_packus_epi16(_mm512_packus_epi32(v0, v1), _mm512_packus_epi32(v2, v3));
+  return _mm512_shuffle_epi8(bytes, interleave);
+}
+
 /* Step 1. A row holds G_ROW_WORDS words: the padded input row, or more where the tile's vectors
- * read past it (kernels/cpu/int8.py: row_words). */
+ * read past it (kernels/cpu/int8.py: row_words). ``x`` is the float32 image (Cin, H, W), or with
+ * ``quads_in`` its words (ceil(Cin/4), H, W) as the previous layer's epilogue wrote them. */
 __attribute__((target("avx512f,avx512bw,avx512vl,avx512vnni"))) static void
-quantize_rows(const float* x, const int32_t* g, int32_t in_y0, int32_t rows, int32_t in_rows, float inv_scale,
-              int32_t zp, uint32_t* xq) {
+quantize_rows(const void* x, int32_t quads_in, const int32_t* g, int32_t in_y0, int32_t rows, int32_t in_rows,
+              float inv_scale, int32_t zp, uint32_t* xq) {
   uint8_t read[PENNI_Q8_MAX_IN_ROWS];
   for (int32_t r = 0; r < in_rows; r++) read[r] = 0;
   for (int32_t t = 0; t < rows; t++)
@@ -44,10 +66,12 @@ quantize_rows(const float* x, const int32_t* g, int32_t in_y0, int32_t rows, int
   const int32_t cin = g[G_CIN], h = g[G_H], w = g[G_W], pw = g[G_PW], row_words = g[G_ROW_WORDS];
   const int32_t quads = (cin + 3) / 4;
   const uint32_t pad_word = (uint32_t)zp * 0x01010101u;
-  const __m512 vinv = _mm512_set1_ps(inv_scale), vcap = _mm512_set1_ps(32000.0f);
-  const __m512i vzp = _mm512_set1_epi32(zp), vpad = _mm512_set1_epi32((int32_t)pad_word);
-  const __m512 vzpf = _mm512_set1_ps((float)zp);
-  const __m512i interleave = _mm512_broadcast_i32x4(_mm_setr_epi8(0, 4, 8, 12, 1, 5, 9, 13, 2, 6, 10, 14, 3, 7, 11, 15));
+  const __m512 vinv = _mm512_set1_ps(inv_scale), vzpf = _mm512_set1_ps((float)zp);
+  const __m512i vpad = _mm512_set1_epi32((int32_t)pad_word);
+  /* a channel past Cin: the value 0 quantizes to the zero point (the cap keeps it exact) */
+  const __m512 vzero = _mm512_setzero_ps();
+  const float* xf = (const float*)x;
+  const uint32_t* xw = (const uint32_t*)x;
   for (int32_t q = 0; q < quads; q++) {
     for (int32_t r = 0; r < in_rows; r++) {
       if (!read[r]) continue;  /* a row no tap reads (1×1 at stride 2): never loaded either */
@@ -61,23 +85,16 @@ quantize_rows(const float* x, const int32_t* g, int32_t in_y0, int32_t rows, int
       for (int32_t x0 = 0; x0 < w; x0 += 16) {
         const int32_t n = w - x0 < 16 ? w - x0 : 16;
         const __mmask16 m = (__mmask16)((1u << n) - 1);
-        __m512i v[4];
+        if (quads_in) {
+          _mm512_mask_storeu_epi32(out + pw + x0, m, _mm512_maskz_loadu_epi32(m, xw + ((int64_t)q * h + iy) * w + x0));
+          continue;
+        }
+        __m512 f[4];
         for (int32_t s = 0; s < 4; s++) {
           const int32_t ch = 4 * q + s;
-          if (ch < cin) {
-            const __m512 f = _mm512_maskz_loadu_ps(m, x + ((int64_t)ch * h + iy) * w + x0);
-            /* x/s + zp in one rounding (FMA), then cvtps2dq rounds to nearest even under the default
-             * MXCSR, as np.rint does; past 2^31 it would give INT_MIN, and the second pack reads signed
-             * 16 bits: values are capped first (then saturate to 255) */
-            v[s] = _mm512_cvtps_epi32(_mm512_min_ps(_mm512_fmadd_ps(f, vinv, vzpf), vcap));
-          } else {
-            v[s] = vzp;
-          }
+          f[s] = ch < cin ? _mm512_maskz_loadu_ps(m, xf + ((int64_t)ch * h + iy) * w + x0) : vzero;
         }
-        /* The two saturating packs clamp to [0, 255] and leave, per 128-bit lane, the four channels'
-         * bytes one after the other; the byte shuffle interleaves them into one word per pixel. */
-        const __m512i bytes = _mm512_packus_epi16(_mm512_packus_epi32(v[0], v[1]), _mm512_packus_epi32(v[2], v[3]));
-        _mm512_mask_storeu_epi32(out + pw + x0, m, _mm512_shuffle_epi8(bytes, interleave));
+        _mm512_mask_storeu_epi32(out + pw + x0, m, quantize_quad(f[0], f[1], f[2], f[3], vinv, vzpf));
       }
     }
   }
@@ -128,7 +145,15 @@ load_slot(int32_t seg_const, int32_t sw_const, const uint32_t* at, const Slot* s
   return _mm512_i32gather_epi32(gather_index, (const void*)at, 4);
 }
 
-enum { Q8_RELU = 1, Q8_BIAS = 2, Q8_RESIDUAL = 4 };
+enum { Q8_RELU = 1, Q8_BIAS = 2, Q8_RESIDUAL = 4, Q8_QUADS_IN = 8, Q8_QUADS_OUT = 16, Q8_NO_FLOAT_OUT = 32 };
+
+/* Where and how the epilogue writes (step 3). */
+typedef struct {
+  float* y;           /* (Cout, Ho*Wo) float32 of this image, unless Q8_NO_FLOAT_OUT */
+  uint32_t* yq;       /* (ceil(Cout/4), Ho*Wo) words of this image, with Q8_QUADS_OUT */
+  float inv_scale;    /* the next layer's input quantization (Q8_QUADS_OUT) */
+  float zero_point;
+} Output;
 
 /* Steps 2 and 3 for one block of PENNI_Q8_OUTPUTS output channels (from o0) and the ``n`` slots:
  * acc[u][v] = sum over the block's quads j of dot4(slot v of quad j, qw[j][u]), then the epilogue.
@@ -138,7 +163,7 @@ __attribute__((target("avx512f,avx512bw,avx512vl,avx512vnni"), always_inline)) s
 block_tile(int32_t seg_const, int32_t sw_const, const uint32_t* xq, const int32_t* qoff, const int32_t* qw,
            int32_t begin, int32_t end, const Slot* slots, const __m512i* gather_index, int32_t n, int32_t o0,
            int32_t cout, int64_t pixels, const int32_t* comp, const float* scale, const float* bias,
-           const float* residual, float* y, int32_t flags) {
+           const float* residual, const Output* out, int32_t flags) {
   __m512i acc[PENNI_Q8_OUTPUTS][PENNI_Q8_VECTORS];
 #pragma GCC unroll 4
   for (int u = 0; u < PENNI_Q8_OUTPUTS; u++)
@@ -161,28 +186,45 @@ block_tile(int32_t seg_const, int32_t sw_const, const uint32_t* xq, const int32_
     }
   }
   const __m512 zero = _mm512_setzero_ps();
+  __m512i vcomp[PENNI_Q8_OUTPUTS];
+  __m512 vscale[PENNI_Q8_OUTPUTS], vbias[PENNI_Q8_OUTPUTS];
 #pragma GCC unroll 4
-  for (int u = 0; u < PENNI_Q8_OUTPUTS; u++) {
-    const int32_t o = o0 + u;
-    if (o >= cout) break;
-    const __m512i vcomp = _mm512_set1_epi32(comp[o]);
-    const __m512 vscale = _mm512_set1_ps(scale[o]);
-    const __m512 vbias = (flags & Q8_BIAS) ? _mm512_set1_ps(bias[o]) : zero;
+  for (int u = 0; u < PENNI_Q8_OUTPUTS; u++) {  /* channels past Cout: 0, which quantizes to the zero point */
+    const int32_t o = o0 + u < cout ? o0 + u : o0;
+    const int real = o0 + u < cout;
+    vcomp[u] = _mm512_set1_epi32(real ? comp[o] : 0);
+    vscale[u] = real ? _mm512_set1_ps(scale[o]) : zero;
+    vbias[u] = real && (flags & Q8_BIAS) ? _mm512_set1_ps(bias[o]) : zero;
+  }
+  const __m512 vinv = _mm512_set1_ps(out->inv_scale), vzpf = _mm512_set1_ps(out->zero_point);
 #pragma GCC unroll 4
-    for (int v = 0; v < PENNI_Q8_VECTORS; v++) {
-      if (v >= n) break;
-      const Slot* sl = &slots[v];
+  for (int v = 0; v < PENNI_Q8_VECTORS; v++) {
+    if (v >= n) break;
+    const Slot* sl = &slots[v];
+    __m512 r[PENNI_Q8_OUTPUTS];
+#pragma GCC unroll 4
+    for (int u = 0; u < PENNI_Q8_OUTPUTS; u++) {
+      const int32_t o = o0 + u;
       const int64_t at = (int64_t)o * pixels + sl->out;
-      __m512 out = _mm512_fmadd_ps(_mm512_cvtepi32_ps(_mm512_sub_epi32(acc[u][v], vcomp)), vscale, vbias);
-      if (sl->compress) {
-        if (flags & Q8_RESIDUAL) out = _mm512_add_ps(out, _mm512_maskz_expandloadu_ps(sl->mask, residual + at));
-        if (flags & Q8_RELU) out = _mm512_max_ps(out, zero);
-        _mm512_mask_compressstoreu_ps(y + at, sl->mask, out);
-      } else {
-        if (flags & Q8_RESIDUAL) out = _mm512_add_ps(out, _mm512_maskz_loadu_ps(sl->mask, residual + at));
-        if (flags & Q8_RELU) out = _mm512_max_ps(out, zero);
-        _mm512_mask_storeu_ps(y + at, sl->mask, out);
-      }
+      r[u] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(_mm512_sub_epi32(acc[u][v], vcomp[u])), vscale[u], vbias[u]);
+      if (o >= cout) continue;
+      if (flags & Q8_RESIDUAL)
+        r[u] = _mm512_add_ps(r[u], sl->compress ? _mm512_maskz_expandloadu_ps(sl->mask, residual + at)
+                                                : _mm512_maskz_loadu_ps(sl->mask, residual + at));
+      if (flags & Q8_RELU) r[u] = _mm512_max_ps(r[u], zero);
+      if (flags & Q8_NO_FLOAT_OUT) continue;
+      if (sl->compress)
+        _mm512_mask_compressstoreu_ps(out->y + at, sl->mask, r[u]);
+      else
+        _mm512_mask_storeu_ps(out->y + at, sl->mask, r[u]);
+    }
+    if (flags & Q8_QUADS_OUT) {
+      const __m512i words = quantize_quad(r[0], r[1], r[2], r[3], vinv, vzpf);
+      uint32_t* at = out->yq + (int64_t)(o0 / PENNI_Q8_OUTPUTS) * pixels + sl->out;
+      if (sl->compress)
+        _mm512_mask_compressstoreu_epi32(at, sl->mask, words);
+      else
+        _mm512_mask_storeu_epi32(at, sl->mask, words);
     }
   }
 }
@@ -199,22 +241,27 @@ block_tile(int32_t seg_const, int32_t sw_const, const uint32_t* xq, const int32_
  *   comp     (Cout) zp * sum of the channel's weights;  scale (Cout) s_x * s_w[o]
  *   bias, residual: read only when ``flags`` has Q8_BIAS / Q8_RESIDUAL; residual and y are (Cout, Ho*Wo)
  *            of this image;  Q8_RELU: max(y, 0) last
+ *   Q8_QUADS_IN: ``x`` is (ceil(Cin/4), H, W) words already quantized with (inv_scale, zp);
+ *   Q8_QUADS_OUT: the result also goes to ``yq``, (ceil(Cout/4), Ho*Wo) words quantized with
+ *            (out_inv_scale, out_zp) for the next layer;  Q8_NO_FLOAT_OUT: not to ``y``
  * Returns 0, or -1 for a tile the geometry does not have. */
 #ifdef __cplusplus
 extern "C"  /* export_library compiles addons as C++ */
 #endif
 __attribute__((target("avx512f,avx512bw,avx512vl,avx512vnni"))) int32_t
-penni_q8_conv_tile(const float* x, const int32_t* g, int32_t y0, int32_t rows, int32_t block_begin,
-                   int32_t block_end, float inv_scale, int32_t zp, uint32_t* xq, const int32_t* qptr, const int32_t* qoff, const int32_t* qw,
-                   const int32_t* comp, const float* scale, const float* bias, const float* residual,
-                   float* y, int32_t flags) {
+penni_q8_conv_tile(const void* x, const int32_t* g, int32_t y0, int32_t rows, int32_t block_begin,
+                   int32_t block_end, float inv_scale, int32_t zp, uint32_t* xq, const int32_t* qptr,
+                   const int32_t* qoff, const int32_t* qw, const int32_t* comp, const float* scale,
+                   const float* bias, const float* residual, float* y, uint32_t* yq, float out_inv_scale,
+                   int32_t out_zp, int32_t flags) {
   const int32_t kh = g[G_KH], sh = g[G_SH], sw = g[G_SW], ph = g[G_PH], dh = g[G_DH];
   const int32_t wo = g[G_WO], ho = g[G_HO], cout = g[G_COUT], row_words = g[G_ROW_WORDS];
   const int32_t blocks = (cout + PENNI_Q8_OUTPUTS - 1) / PENNI_Q8_OUTPUTS;
   if (rows < 1 || y0 < 0 || y0 + rows > ho || sw < 1 || block_begin < 0 || block_end > blocks) return -1;
   const int32_t in_rows = (rows - 1) * sh + (kh - 1) * dh + 1;
   if (in_rows > PENNI_Q8_MAX_IN_ROWS) return -1;
-  quantize_rows(x, g, y0 * sh - ph, rows, in_rows, inv_scale, zp, xq);
+  quantize_rows(x, flags & Q8_QUADS_IN, g, y0 * sh - ph, rows, in_rows, inv_scale, zp, xq);
+  const Output out = {y, yq, out_inv_scale, (float)out_zp};
 
   const int32_t seg = wo > 8 ? 16 : wo > 4 ? 8 : 4;  /* lanes per output row in a slot */
   const int32_t per_slot = 16 / seg;                 /* output rows per slot (seg < 16) */
@@ -257,7 +304,7 @@ penni_q8_conv_tile(const float* x, const int32_t* g, int32_t y0, int32_t rows, i
       const int32_t o0 = b * PENNI_Q8_OUTPUTS, begin = qptr[b], end = qptr[b + 1];
 #define PENNI_Q8_BLOCK(SEG, SW)                                                                                 \
   block_tile(SEG, SW, xq, qoff, qw, begin, end, slots, gather_index, n, o0, cout, pixels, comp, scale, bias,  \
-             residual, y, flags)
+             residual, &out, flags)
       if (seg == 16 && sw == 1)
         PENNI_Q8_BLOCK(16, 1);
       else if (seg == 16 && sw == 2)

@@ -1,0 +1,124 @@
+"""int8 convs handing the next one their output as quantized words (``passes/int8_handoff.py``):
+which producers write words, words only or both, and that a build with the handoffs computes
+bit for bit what the same build computes without them."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from tiny_models import tiny_model
+from torch import nn
+from tvm import relax
+
+from penni_deploy.compiler import CompileOptions, compile_program
+from penni_deploy.frontend import export_program, to_relax
+from penni_deploy.frontend.load_model import LoadedModel
+from penni_deploy.machine import cpu_flags
+from penni_deploy.models import PenniConv2d
+from penni_deploy.passes import PipelineOptions, graph_passes, lower_conv_composites, run_passes
+from penni_deploy.passes.conv_chain import read_conv_chain
+from penni_deploy.passes.int8_handoff import plan_int8_handoffs
+from penni_deploy.plan.quantize import InputQuantization, Int8Handoff
+
+SHAPE = (2, 3, 12, 12)
+needs_vnni = pytest.mark.skipif("avx512_vnni" not in (cpu_flags() or []), reason="this CPU has no AVX512_VNNI")
+
+
+class TwoBlockNet(nn.Module):
+    """stem → ReLU → [conv1 → ReLU → conv2 (+ the block's input) → ReLU] → conv3 → ReLU → pool → Linear:
+    the stem's output feeds an int8 conv and a residual add (words and float32), conv1's and conv2's
+    only the next conv (words only), conv3's a pooling (float32 only)."""
+
+    def __init__(self):
+        super().__init__()
+        self.stem = PenniConv2d(3, 8, 3, padding=1)
+        self.conv1 = PenniConv2d(8, 8, 3, padding=1)
+        self.conv2 = PenniConv2d(8, 8, 3, padding=1)
+        self.conv3 = nn.Conv2d(8, 6, 3, stride=2, padding=1)  # Cout not a multiple of four
+        self.fc = nn.Linear(6, 4)
+
+    def forward(self, x):
+        h = torch.relu(self.stem(x))
+        h = torch.relu(self.conv2(torch.relu(self.conv1(h))) + h)
+        return self.fc(torch.relu(self.conv3(h)).mean(dim=(2, 3)))
+
+
+def _program():
+    return export_program(LoadedModel(tiny_model(TwoBlockNet), "module", None, ""), SHAPE)
+
+
+def _graph():
+    mod, _ = run_passes(to_relax(_program()), graph_passes("penni", PipelineOptions()))
+    return mod
+
+
+def _composite_calls(mod):
+    for binding in mod["main"].body.blocks[0].bindings:
+        value = binding.value
+        if isinstance(value, relax.Call) and isinstance(value.op, relax.GlobalVar):
+            func = mod[value.op]
+            if func.attrs is not None and "Composite" in func.attrs:
+                yield value, read_conv_chain(func)
+
+
+def test_producers_write_words_where_only_int8_convs_read_them():
+    mod = _graph()
+    calls = list(_composite_calls(mod))
+    assert len(calls) == 4
+    same = InputQuantization(0.1, 0)
+    handoffs = plan_int8_handoffs(mod, lambda call: next(((c.input_param, same) for v, c in calls if v.same_as(call)),
+                                                         None))
+    stem, conv1, conv2, conv3 = (handoffs.get(v, Int8Handoff()) for v, _ in calls)
+    assert stem == Int8Handoff(quads_in=False, float_out=True, out=same)  # also the residual
+    assert conv1 == Int8Handoff(quads_in=True, float_out=False, out=same)
+    assert conv2 == Int8Handoff(quads_in=True, float_out=False, out=same)
+    assert conv3 == Int8Handoff(quads_in=True, float_out=True, out=None)  # the pooling reads float32
+
+    # conv1 left in float32: the stem has no int8 reader of its own output, conv1 none of its input
+    def without_conv1(call):
+        return None if call.same_as(calls[1][0]) else next(
+            ((c.input_param, same) for v, c in calls if v.same_as(call)), None)
+
+    handoffs = plan_int8_handoffs(mod, without_conv1)
+    assert calls[0][0] not in handoffs and calls[1][0] not in handoffs
+    assert handoffs[calls[2][0]] == Int8Handoff(False, False, same)
+
+    # two readers quantizing one tensor differently: each quantizes the float32 itself
+    other = InputQuantization(0.2, 0)
+    tiny_mod = run_passes(to_relax(export_program(LoadedModel(tiny_model(), "module", None, ""), SHAPE)),
+                          graph_passes("penni", PipelineOptions()))[0]
+    tiny_calls = list(_composite_calls(tiny_mod))
+    quants = [same, same, other]  # the stem, then its two readers (the block's conv, the shortcut)
+
+    def differing(call):
+        return next(((c.input_param, q) for (v, c), q in zip(tiny_calls, quants) if v.same_as(call)), None)
+
+    assert plan_int8_handoffs(tiny_mod, differing) == {}
+
+
+@needs_vnni
+def test_handoffs_change_no_bit_of_the_result(monkeypatch):
+    rng = np.random.default_rng(4)
+    calib = np.maximum(rng.standard_normal((8, *SHAPE[1:])), -1).astype(np.float32)
+    options = CompileOptions(precision="int8", calibration=calib, int8_layers="all")
+    planned, real = [], plan_int8_handoffs
+    monkeypatch.setattr(lower_conv_composites, "plan_int8_handoffs",
+                        lambda mod, int8_input: planned.append(real(mod, int8_input)) or planned[-1])
+    with_handoffs = compile_program(_program(), SHAPE, options)
+    assert sorted(h.quads_in for h in planned[-1].values()) == [False, True, True, True]
+    monkeypatch.setattr(lower_conv_composites, "plan_int8_handoffs", lambda mod, int8_input: {})
+    without = compile_program(_program(), SHAPE, options)
+
+    import tvm
+
+    x = calib[:2]
+    outputs = [relax.VirtualMachine(b.executable, tvm.cpu())["main"](tvm.runtime.tensor(x)).numpy()
+               for b in (with_handoffs, without)]
+    np.testing.assert_array_equal(outputs[0], outputs[1])
+    with torch.inference_mode():
+        expected = tiny_model(TwoBlockNet)(torch.from_numpy(x)).numpy()
+    assert np.abs(outputs[0] - expected).max() / np.abs(expected).max() < 5e-2
+    # the kernel table still gives every layer its kernel (a words-only layer's binding is new)
+    layers = [k["layer"] for k in with_handoffs.kernels if k["op"] in ("penni", "dense")]
+    assert layers == [0, 1, 2, 3]
