@@ -8,13 +8,17 @@ the module's Relax functions before ``LowerConvComposites`` rewrites them, which
 
 - every use of the producer's output that is the input of an int8 conv reads the words, provided
   all those consumers quantize their input alike (they do when one calibrated tensor feeds them);
-- the producer still writes float32 when anything else reads the output too (a residual add, a
-  pooling, the function's result, a float32 layer): then it writes both.
+- with ``residual_words``, an int8 conv adding those words as its residual (a ResNet block's
+  shortcut) reads them too, dequantized: the block input is then held in 8 bits on the shortcut
+  as well (the rounding of the next conv's input, at most half its step), as int8 engines do;
+- the producer still writes float32 when anything else reads the output too (a pooling, the
+  function's result, a float32 layer, a shortcut's slicing): then it writes both.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
+import dataclasses
 from dataclasses import dataclass, field
 
 import tvm
@@ -26,17 +30,19 @@ from ..plan.quantize import InputQuantization, Int8Handoff
 @dataclass
 class _Uses:
     int8_inputs: list[relax.Call] = field(default_factory=list)  # int8 convs reading it as their input
+    int8_residuals: list[relax.Call] = field(default_factory=list)  # int8 convs adding it as their residual
     other: bool = False  # read by anything else
 
 
-def plan_int8_handoffs(mod: tvm.IRModule,
-                       int8_input: Callable[[relax.Call], tuple[int, InputQuantization] | None],
+#: ``int8_layer(call)``: for a call of a conv composite that runs in int8, ``(index of its input
+#: argument, index of its residual argument or None, its input quantization)``; else None.
+Int8Layer = Callable[[relax.Call], "tuple[int, int | None, InputQuantization] | None"]
+
+
+def plan_int8_handoffs(mod: tvm.IRModule, int8_layer: Int8Layer, residual_words: bool = True,
                        ) -> dict[relax.Call, Int8Handoff]:
     """The handoff of every int8 conv call that reads or writes words (the others keep the default).
-
-    ``int8_input(call)`` is ``(index of its input argument, its input quantization)`` for a call of
-    a conv composite that runs in int8, else None. Keys are the calls of the unrewritten module.
-    """
+    Keys are the calls of the unrewritten module."""
     handoffs: dict[relax.Call, Int8Handoff] = {}
     for func in mod.functions.values():
         if not isinstance(func, relax.Function) or (func.attrs is not None and "Composite" in func.attrs):
@@ -47,12 +53,15 @@ def plan_int8_handoffs(mod: tvm.IRModule,
         for block in body.blocks:
             for binding in block.bindings:
                 value = binding.value
-                conv = int8_input(value) if isinstance(value, relax.Call) else None
+                conv = int8_layer(value) if isinstance(value, relax.Call) else None
                 if conv is not None:
                     producer_of[binding.var] = value
+                    input_index, residual_index, _ = conv
                     for i, arg in enumerate(value.args):
-                        if i == conv[0] and isinstance(arg, relax.Var):
+                        if i == input_index and isinstance(arg, relax.Var):
                             uses.setdefault(arg, _Uses()).int8_inputs.append(value)
+                        elif i == residual_index and residual_words and isinstance(arg, relax.Var):
+                            uses.setdefault(arg, _Uses()).int8_residuals.append(value)
                         else:
                             _mark_other(arg, uses)
                 else:
@@ -62,15 +71,20 @@ def plan_int8_handoffs(mod: tvm.IRModule,
             use = uses.get(var)
             if use is None or not use.int8_inputs:
                 continue
-            quants = {int8_input(consumer)[1] for consumer in use.int8_inputs}
+            quants = {int8_layer(consumer)[2] for consumer in use.int8_inputs}
             if len(quants) != 1:  # consumers quantizing differently: each quantizes the float32 itself
                 continue
-            before = handoffs.get(producer, Int8Handoff())
-            handoffs[producer] = Int8Handoff(before.quads_in, use.other, quants.pop())
+            quant = quants.pop()
+            _update(handoffs, producer, float_out=use.other, out=quant)
             for consumer in use.int8_inputs:
-                after = handoffs.get(consumer, Int8Handoff())
-                handoffs[consumer] = Int8Handoff(True, after.float_out, after.out)
+                _update(handoffs, consumer, quads_in=True)
+            for consumer in use.int8_residuals:
+                _update(handoffs, consumer, residual=quant)
     return handoffs
+
+
+def _update(handoffs: dict[relax.Call, Int8Handoff], call: relax.Call, **changes) -> None:
+    handoffs[call] = dataclasses.replace(handoffs.get(call, Int8Handoff()), **changes)
 
 
 def _mark_other(expr: relax.Expr, uses: dict[relax.Var, _Uses]) -> None:

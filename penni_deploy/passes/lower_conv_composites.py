@@ -122,7 +122,7 @@ class _CompositeLowerer(PyExprMutator):
         self.chooser = chooser
         self.lowered = 0
         self._layers: dict[relax.Call, _Layer | None] = {}
-        self.handoffs = plan_int8_handoffs(mod, self._int8_input)
+        self.handoffs = plan_int8_handoffs(mod, self._int8_layer)
         self._binding_of = {b.value: b.var for func in mod.functions.values() if isinstance(func, relax.Function)
                             for block in func.body.blocks for b in block.bindings}
         self._words: dict[relax.Var, relax.Expr] = {}  # producer's binding -> the words it wrote
@@ -151,11 +151,12 @@ class _CompositeLowerer(PyExprMutator):
         self._layers[call] = layer
         return layer
 
-    def _int8_input(self, call: relax.Call):
+    def _int8_layer(self, call: relax.Call):
         layer = self._layer(call)
         if layer is None or layer.int8 is None:
             return None
-        return layer.chain.input_param, InputQuantization.from_range(layer.chain.input_range)
+        chain = layer.chain
+        return chain.input_param, chain.residual_param, InputQuantization.from_range(chain.input_range)
 
     def visit_call_(self, call: relax.Call) -> relax.Expr:
         layer = self._layer(call)
@@ -171,25 +172,29 @@ class _CompositeLowerer(PyExprMutator):
             self.lowered += 1
             res4d = args[chain.residual_param] if chain.residual_param is not None else None
             return conv_chain_as_ops(chain, x, res4d)
+        self.lowered += 1
+        if layer.int8 is not None:
+            return self._lower_int8(original, layer, args)
         if chain.residual_param is not None:
             n, c, h, w = chain.out_shape
             residual = self.builder_.emit(relax.op.reshape(args[chain.residual_param], (n, c, h * w)))
-        self.lowered += 1
-        if layer.int8 is not None:
-            return self._lower_int8(original, layer, x, residual)
         lower = self._lower_penni if chain.kind == PENNI_COMPOSITE else self._lower_dense
         flat = lower(layer, x, residual)
         return relax.op.reshape(flat, chain.out_shape)
 
-    def _lower_int8(self, original: relax.Call, layer: _Layer, x: relax.Expr, residual) -> relax.Expr:
+    def _lower_int8(self, original: relax.Call, layer: _Layer, args: list[relax.Expr]) -> relax.Expr:
         """The int8 conv, reading the previous layer's words and writing its own as planned. A
         producer whose output only int8 convs read returns the words themselves (its binding then
         holds them); one also read in float32 returns the float32 output, its words kept aside."""
         chain = layer.chain
         handoff = self.handoffs.get(original, Int8Handoff())
-        if handoff.quads_in:
-            source = original.args[chain.input_param]
-            x = x if _is_words(x) else self._words[source]
+        x = self._words_of(original, args, chain.input_param) if handoff.quads_in else args[chain.input_param]
+        residual = None
+        if handoff.residual is not None:
+            residual = self._words_of(original, args, chain.residual_param)
+        elif chain.residual_param is not None:
+            n, c, h, w = chain.out_shape
+            residual = self.builder_.emit(relax.op.reshape(args[chain.residual_param], (n, c, h * w)))
         func, constants = self.kernels.int8_conv_kernel(chain, layer.int8, handoff)
         gv = self.builder_.add_func(func, "penni_int8_conv")
         n, pixels = chain.out_shape[0], chain.pixels
@@ -206,6 +211,11 @@ class _CompositeLowerer(PyExprMutator):
         words = self.builder_.emit(relax.TupleGetItem(result, 1))
         self._words[self._binding_of[original]] = words
         return relax.op.reshape(self.builder_.emit(relax.TupleGetItem(result, 0)), chain.out_shape)
+
+    def _words_of(self, original: relax.Call, args: list[relax.Expr], index: int) -> relax.Expr:
+        """The words another int8 conv wrote for argument ``index`` of ``original``: the argument
+        itself where that producer writes only words, else the words it kept aside."""
+        return args[index] if _is_words(args[index]) else self._words[original.args[index]]
 
     def _epilogue_args(self, chain: ConvChain, residual):
         args = [relax.const(chain.bias)] if chain.epilogue.bias else []

@@ -71,12 +71,14 @@ def channel_quads(channels: int) -> int:
 class Int8Handoff:
     """How an int8 conv meets its neighbours: whether its input arrives as channel-quad words the
     previous layer's epilogue wrote (``quads_in``), whether it writes its float32 output (``float_out``:
-    some consumer is not an int8 conv), and the quantization of the next int8 layer's input to write
-    its output in as words too (``out``; None: none)."""
+    some consumer is not an int8 conv), the quantization of the next int8 layer's input to write
+    its output in as words too (``out``; None: none), and, where its residual arrives as words
+    another layer wrote, their quantization (``residual``; None: the residual is float32)."""
 
     quads_in: bool = False
     float_out: bool = True
     out: InputQuantization | None = None
+    residual: InputQuantization | None = None
 
 
 def _positive(scale: float) -> float:

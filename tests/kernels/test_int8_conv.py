@@ -51,7 +51,7 @@ def as_quads(codes: np.ndarray, fill: int) -> np.ndarray:
 
 
 def run_tile(lib, x, packed, g, rows_total, bias, residual, relu, *, quads_in=False, out_quant=None,
-             float_out=True):
+             float_out=True, residual_quant=None):
     """The C tile over every row tile of one image; returns ``y`` (float32, NaN where never written)
     and, with ``out_quant``, the words it wrote for the next layer."""
     cout = packed.scale.shape[0]
@@ -63,6 +63,8 @@ def run_tile(lib, x, packed, g, rows_total, bias, residual, relu, *, quads_in=Fa
         int8.RESIDUAL if residual is not None else 0)
     flags |= (int8.QUADS_IN if quads_in else 0) | (int8.QUADS_OUT if out_quant else 0)
     flags |= 0 if float_out else int8.NO_FLOAT_OUT
+    flags |= int8.RESIDUAL_QUADS if residual_quant else 0
+    res_quant = residual_quant or packed.input
     out_quant = out_quant or packed.input
     ptr = lambda a: a.ctypes.data_as(ctypes.c_void_p)  # noqa: E731
     dummy = packed.scale
@@ -74,7 +76,8 @@ def run_tile(lib, x, packed, g, rows_total, bias, residual, relu, *, quads_in=Fa
                 ctypes.c_float(np.float32(1.0 / packed.input.scale)), ctypes.c_int32(packed.input.zero_point),
                 ptr(scratch), ptr(packed.qptr), ptr(packed.qoff), ptr(packed.qw), ptr(packed.comp),
                 ptr(packed.scale), ptr(bias if bias is not None else dummy),
-                ptr(residual if residual is not None else dummy), ptr(y), ptr(yq),
+                ptr(residual if residual is not None else dummy),
+                ctypes.c_float(np.float32(res_quant.scale)), ctypes.c_int32(res_quant.zero_point), ptr(y), ptr(yq),
                 ctypes.c_float(np.float32(1.0 / out_quant.scale)), ctypes.c_int32(out_quant.zero_point),
                 ctypes.c_int32(flags))
         assert rc == 0
@@ -202,3 +205,22 @@ def test_tile_reads_and_writes_quantized_words(lib, case):
     assert np.isnan(only_words).all()  # no float32 store at all
     np.testing.assert_array_equal(yq, as_quads(quant.quantize(reference(x, weight, g, packed, None, None, True)),
                                                quant.zero_point))
+
+
+@pytest.mark.parametrize("case", CASES[:4] + CASES[-6:], ids=lambda c: "x".join(map(str, c)))
+def test_residual_read_as_words(lib, case):
+    """A residual that arrives as another layer's words adds exactly its dequantized codes."""
+    cin, h, w, cout, k, stride, pad, dil, rows = case
+    rng = np.random.default_rng(hash(case) % 2**31 + 2)
+    g = ConvGeometry(1, cin, h, w, k, k, (stride, stride), (pad, pad, pad, pad), (dil, dil))
+    x = np.maximum(rng.standard_normal((cin, h, w)), 0).astype(np.float32)
+    weight = rng.standard_normal((cout, cin, k, k)).astype(np.float32)
+    packed = int8.pack_int8_conv(weight, g, InputQuantization.from_range(ActivationRange(0.0, float(x.max()))), rows)
+    residual = rng.standard_normal((cout, g.out_height * g.out_width)).astype(np.float32)
+    for low in (0.0, -3.0):  # a never-negative residual (zero point 0) and a signed one (128)
+        rq = InputQuantization.from_range(ActivationRange(low, 2.5))
+        codes = rq.quantize(residual)
+        dequantized = ((codes.astype(np.float32) - np.float32(rq.zero_point)) * np.float32(rq.scale)).astype(np.float32)
+        got = run_tile(lib, x, packed, g, rows, None, as_quads(codes, rq.zero_point), True, residual_quant=rq)
+        want = reference(x, weight, g, packed, None, dequantized, True)
+        np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-6 * np.abs(want).max())

@@ -1,9 +1,10 @@
 """int8 convs on x86 with ``vpdpbusd`` (AVX512_VNNI): weight packing and the TIR task loop.
 
 The tile itself is C (``native/int8_conv.c``: quantize the rows a tile reads into channel quads,
-sparse weight quads per block of four output channels, float epilogue); this module packs a conv's
-weights into what it reads, generates the TIR kernel that hands it one (image, row tile, channel
-part) task at a time, and estimates its time.
+or copy the words the previous int8 conv wrote; sparse weight quads per block of four output
+channels; float epilogue, which can also write the output as the next int8 conv's words,
+``plan.quantize.Int8Handoff``); this module packs a conv's weights into what it reads, generates the
+TIR kernel that hands it one (image, row tile, channel part) task at a time, and estimates its time.
 
 A PENNI layer runs here as the conv it computes, ``W[o, i] = Σ_r C[o, i, r]·B[r]``, with the
 all-zero (block, channel quad, tap) weight quads skipped: ``vpdpbusd`` does four multiply-adds per
@@ -36,7 +37,7 @@ TILE_VECTORS = 4
 #: Words past the last row of the scratch, for the masked lanes of the last vector.
 SLACK_WORDS = 32
 #: The C tile's flags.
-RELU, BIAS, RESIDUAL, QUADS_IN, QUADS_OUT, NO_FLOAT_OUT = 1, 2, 4, 8, 16, 32
+RELU, BIAS, RESIDUAL, QUADS_IN, QUADS_OUT, NO_FLOAT_OUT, RESIDUAL_QUADS = 1, 2, 4, 8, 16, 32, 64
 
 
 def slots_per_tile(g: ConvGeometry, rows: int) -> int:
@@ -151,8 +152,10 @@ def int8_conv_kernel(g: ConvGeometry, packed: PackedInt8Conv, epilogue: Epilogue
 
     ``handoff`` says what the layer reads and writes: ``X`` float32 ``(N, Cin, H, W)``, or with
     ``quads_in`` the words ``(N, ⌈Cin/4⌉, H·W)`` the previous layer wrote, already quantized as this
-    layer's input; ``Y`` float32 ``(N, Cout, Ho·Wo)`` unless not ``float_out``; ``YQ``, with ``out``,
-    the words ``(N, ⌈Cout/4⌉, Ho·Wo)`` of the output quantized for the next layer."""
+    layer's input; the residual float32 ``(N, Cout, Ho·Wo)``, or with ``residual`` the words
+    ``(N, ⌈Cout/4⌉, Ho·Wo)`` another layer wrote; ``Y`` float32 ``(N, Cout, Ho·Wo)`` unless not
+    ``float_out``; ``YQ``, with ``out``, the words ``(N, ⌈Cout/4⌉, Ho·Wo)`` of the output quantized
+    for the next layer."""
     cout = int(packed.geometry[GEOMETRY_FIELDS.index("cout")])
     ho, wo = g.out_height, g.out_width
     rows = packed.rows
@@ -167,6 +170,8 @@ def int8_conv_kernel(g: ConvGeometry, packed: PackedInt8Conv, epilogue: Epilogue
     flags = (RELU if epilogue.relu else 0) | (BIAS if epilogue.bias else 0) | (RESIDUAL if epilogue.residual else 0)
     flags |= (QUADS_IN if handoff.quads_in else 0) | (QUADS_OUT if handoff.out else 0)
     flags |= 0 if handoff.float_out else NO_FLOAT_OUT
+    flags |= RESIDUAL_QUADS if epilogue.residual and handoff.residual else 0
+    res_quant = handoff.residual or packed.input  # unused without RESIDUAL_QUADS
     inv_scale = float(np.float32(1.0 / packed.input.scale))
     out_quant = handoff.out or packed.input  # unused without QUADS_OUT
     out_inv_scale = float(np.float32(1.0 / out_quant.scale))
@@ -186,7 +191,11 @@ def int8_conv_kernel(g: ConvGeometry, packed: PackedInt8Conv, epilogue: Epilogue
             comp = T.arg("comp", T.Buffer((cout,), I32))
             scale = T.arg("scale", T.Buffer((cout,), F32))
             bias = T.arg("bias", T.Buffer((cout,), F32)) if epilogue.bias else None
-            residual = T.arg("residual", T.Buffer((g.batch, cout, ho * wo), F32)) if epilogue.residual else None
+            residual = None
+            if epilogue.residual and handoff.residual:
+                residual = T.arg("residual", T.Buffer((g.batch, out_quads, ho * wo), U32))
+            elif epilogue.residual:
+                residual = T.arg("residual", T.Buffer((g.batch, cout, ho * wo), F32))
             Y = T.arg("Y", T.Buffer((g.batch, cout, ho * wo), F32)) if handoff.float_out else None
             YQ = T.arg("YQ", T.Buffer((g.batch, out_quads, ho * wo), U32)) if handoff.out else None
 
@@ -206,7 +215,9 @@ def int8_conv_kernel(g: ConvGeometry, packed: PackedInt8Conv, epilogue: Epilogue
                     xq.access_ptr("w"), qptr.access_ptr("r"), qoff.access_ptr("r"), qw.access_ptr("r"),
                     comp.access_ptr("r"), scale.access_ptr("r"),
                     bias.access_ptr("r") if bias is not None else unused,
-                    residual.access_ptr("r", offset=out_at) if residual is not None else unused,
+                    residual.access_ptr("r", offset=n * (out_quads if handoff.residual else cout) * ho * wo)
+                    if residual is not None else unused,
+                    T.float32(res_quant.scale), T.int32(res_quant.zero_point),
                     Y.access_ptr("w", offset=out_at) if Y is not None else unused,
                     YQ.access_ptr("w", offset=n * out_quads * ho * wo) if YQ is not None else unused,
                     T.float32(out_inv_scale), T.int32(out_quant.zero_point), T.int32(flags)))

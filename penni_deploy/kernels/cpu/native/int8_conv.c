@@ -13,6 +13,7 @@
  *   2. for each block of four output channels, run over the weight quads any of them uses (sparse:
  *      CSR over (channel quad, tap)), four channels x four vectors of 16 pixels in registers;
  *   3. epilogue:  y = (acc - comp[o]) * scale[o] + bias[o] (+ residual) (ReLU),  comp[o] = zp * sum(w[o]),
+ *      the residual float32 or (Q8_RESIDUAL_QUADS) the words another layer wrote, dequantized;
  *      stored as float32 and/or (Q8_QUADS_OUT) quantized as step 1 does it for the next layer: the
  *      register block's four channels are one channel quad, so each vector of 16 pixels becomes 16
  *      words of the next layer's input, and that layer skips step 1's conversion.
@@ -145,7 +146,18 @@ load_slot(int32_t seg_const, int32_t sw_const, const uint32_t* at, const Slot* s
   return _mm512_i32gather_epi32(gather_index, (const void*)at, 4);
 }
 
-enum { Q8_RELU = 1, Q8_BIAS = 2, Q8_RESIDUAL = 4, Q8_QUADS_IN = 8, Q8_QUADS_OUT = 16, Q8_NO_FLOAT_OUT = 32 };
+enum {
+  Q8_RELU = 1, Q8_BIAS = 2, Q8_RESIDUAL = 4, Q8_QUADS_IN = 8, Q8_QUADS_OUT = 16, Q8_NO_FLOAT_OUT = 32,
+  Q8_RESIDUAL_QUADS = 64
+};
+
+/* The residual: float32 (Cout, Ho*Wo), or with Q8_RESIDUAL_QUADS the words (ceil(Cout/4), Ho*Wo)
+ * another layer wrote, read back as (q - zero_point) * scale. */
+typedef struct {
+  const void* data;
+  float scale;
+  float zero_point;
+} Residual;
 
 /* Where and how the epilogue writes (step 3). */
 typedef struct {
@@ -163,7 +175,7 @@ __attribute__((target("avx512f,avx512bw,avx512vl,avx512vnni"), always_inline)) s
 block_tile(int32_t seg_const, int32_t sw_const, const uint32_t* xq, const int32_t* qoff, const int32_t* qw,
            int32_t begin, int32_t end, const Slot* slots, const __m512i* gather_index, int32_t n, int32_t o0,
            int32_t cout, int64_t pixels, const int32_t* comp, const float* scale, const float* bias,
-           const float* residual, const Output* out, int32_t flags) {
+           const Residual* residual, const Output* out, int32_t flags) {
   __m512i acc[PENNI_Q8_OUTPUTS][PENNI_Q8_VECTORS];
 #pragma GCC unroll 4
   for (int u = 0; u < PENNI_Q8_OUTPUTS; u++)
@@ -202,15 +214,26 @@ block_tile(int32_t seg_const, int32_t sw_const, const uint32_t* xq, const int32_
     if (v >= n) break;
     const Slot* sl = &slots[v];
     __m512 r[PENNI_Q8_OUTPUTS];
+    __m512i res_words = _mm512_setzero_si512();
+    if (flags & Q8_RESIDUAL_QUADS) {
+      const uint32_t* at = (const uint32_t*)residual->data + (int64_t)(o0 / PENNI_Q8_OUTPUTS) * pixels + sl->out;
+      res_words = sl->compress ? _mm512_maskz_expandloadu_epi32(sl->mask, at) : _mm512_maskz_loadu_epi32(sl->mask, at);
+    }
+    const __m512 res_scale = _mm512_set1_ps(residual->scale), res_zp = _mm512_set1_ps(residual->zero_point);
 #pragma GCC unroll 4
     for (int u = 0; u < PENNI_Q8_OUTPUTS; u++) {
       const int32_t o = o0 + u;
       const int64_t at = (int64_t)o * pixels + sl->out;
       r[u] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(_mm512_sub_epi32(acc[u][v], vcomp[u])), vscale[u], vbias[u]);
       if (o >= cout) continue;
-      if (flags & Q8_RESIDUAL)
-        r[u] = _mm512_add_ps(r[u], sl->compress ? _mm512_maskz_expandloadu_ps(sl->mask, residual + at)
-                                                : _mm512_maskz_loadu_ps(sl->mask, residual + at));
+      if (flags & Q8_RESIDUAL_QUADS) {  /* byte u of each word: channel o's code */
+        const __m512 code = _mm512_cvtepi32_ps(_mm512_and_si512(_mm512_srli_epi32(res_words, 8 * u), _mm512_set1_epi32(0xFF)));
+        r[u] = _mm512_fmadd_ps(_mm512_sub_ps(code, res_zp), res_scale, r[u]);
+      } else if (flags & Q8_RESIDUAL) {
+        const float* res = (const float*)residual->data + at;
+        r[u] = _mm512_add_ps(r[u], sl->compress ? _mm512_maskz_expandloadu_ps(sl->mask, res)
+                                                : _mm512_maskz_loadu_ps(sl->mask, res));
+      }
       if (flags & Q8_RELU) r[u] = _mm512_max_ps(r[u], zero);
       if (flags & Q8_NO_FLOAT_OUT) continue;
       if (sl->compress)
@@ -242,6 +265,8 @@ block_tile(int32_t seg_const, int32_t sw_const, const uint32_t* xq, const int32_
  *   bias, residual: read only when ``flags`` has Q8_BIAS / Q8_RESIDUAL; residual and y are (Cout, Ho*Wo)
  *            of this image;  Q8_RELU: max(y, 0) last
  *   Q8_QUADS_IN: ``x`` is (ceil(Cin/4), H, W) words already quantized with (inv_scale, zp);
+ *   Q8_RESIDUAL_QUADS (with Q8_RESIDUAL): the residual is (ceil(Cout/4), Ho*Wo) words, each code read
+ *            back as (q - res_zp) * res_scale;
  *   Q8_QUADS_OUT: the result also goes to ``yq``, (ceil(Cout/4), Ho*Wo) words quantized with
  *            (out_inv_scale, out_zp) for the next layer;  Q8_NO_FLOAT_OUT: not to ``y``
  * Returns 0, or -1 for a tile the geometry does not have. */
@@ -252,8 +277,8 @@ __attribute__((target("avx512f,avx512bw,avx512vl,avx512vnni"))) int32_t
 penni_q8_conv_tile(const void* x, const int32_t* g, int32_t y0, int32_t rows, int32_t block_begin,
                    int32_t block_end, float inv_scale, int32_t zp, uint32_t* xq, const int32_t* qptr,
                    const int32_t* qoff, const int32_t* qw, const int32_t* comp, const float* scale,
-                   const float* bias, const float* residual, float* y, uint32_t* yq, float out_inv_scale,
-                   int32_t out_zp, int32_t flags) {
+                   const float* bias, const void* residual, float res_scale, int32_t res_zp, float* y,
+                   uint32_t* yq, float out_inv_scale, int32_t out_zp, int32_t flags) {
   const int32_t kh = g[G_KH], sh = g[G_SH], sw = g[G_SW], ph = g[G_PH], dh = g[G_DH];
   const int32_t wo = g[G_WO], ho = g[G_HO], cout = g[G_COUT], row_words = g[G_ROW_WORDS];
   const int32_t blocks = (cout + PENNI_Q8_OUTPUTS - 1) / PENNI_Q8_OUTPUTS;
@@ -262,6 +287,7 @@ penni_q8_conv_tile(const void* x, const int32_t* g, int32_t y0, int32_t rows, in
   if (in_rows > PENNI_Q8_MAX_IN_ROWS) return -1;
   quantize_rows(x, flags & Q8_QUADS_IN, g, y0 * sh - ph, rows, in_rows, inv_scale, zp, xq);
   const Output out = {y, yq, out_inv_scale, (float)out_zp};
+  const Residual res = {residual, res_scale, (float)res_zp};
 
   const int32_t seg = wo > 8 ? 16 : wo > 4 ? 8 : 4;  /* lanes per output row in a slot */
   const int32_t per_slot = 16 / seg;                 /* output rows per slot (seg < 16) */
@@ -304,7 +330,7 @@ penni_q8_conv_tile(const void* x, const int32_t* g, int32_t y0, int32_t rows, in
       const int32_t o0 = b * PENNI_Q8_OUTPUTS, begin = qptr[b], end = qptr[b + 1];
 #define PENNI_Q8_BLOCK(SEG, SW)                                                                                 \
   block_tile(SEG, SW, xq, qoff, qw, begin, end, slots, gather_index, n, o0, cout, pixels, comp, scale, bias,  \
-             residual, &out, flags)
+             &res, &out, flags)
       if (seg == 16 && sw == 1)
         PENNI_Q8_BLOCK(16, 1);
       else if (seg == 16 && sw == 2)
