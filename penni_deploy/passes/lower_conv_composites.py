@@ -167,7 +167,6 @@ class _CompositeLowerer(PyExprMutator):
         args = [self.visit_expr(arg) for arg in call.args]
         chain = layer.chain
         x = args[chain.input_param]
-        residual = None
         if layer.impl == "metaschedule":
             self.lowered += 1
             res4d = args[chain.residual_param] if chain.residual_param is not None else None
@@ -175,11 +174,8 @@ class _CompositeLowerer(PyExprMutator):
         self.lowered += 1
         if layer.int8 is not None:
             return self._lower_int8(original, layer, args)
-        if chain.residual_param is not None:
-            n, c, h, w = chain.out_shape
-            residual = self.builder_.emit(relax.op.reshape(args[chain.residual_param], (n, c, h * w)))
         lower = self._lower_penni if chain.kind == PENNI_COMPOSITE else self._lower_dense
-        flat = lower(layer, x, residual)
+        flat = lower(layer, x, self._float_residual(chain, args))
         return relax.op.reshape(flat, chain.out_shape)
 
     def _lower_int8(self, original: relax.Call, layer: _Layer, args: list[relax.Expr]) -> relax.Expr:
@@ -189,20 +185,18 @@ class _CompositeLowerer(PyExprMutator):
         chain = layer.chain
         handoff = self.handoffs.get(original, Int8Handoff())
         x = self._words_of(original, args, chain.input_param) if handoff.quads_in else args[chain.input_param]
-        residual = None
         if handoff.residual is not None:
             residual = self._words_of(original, args, chain.residual_param)
-        elif chain.residual_param is not None:
-            n, c, h, w = chain.out_shape
-            residual = self.builder_.emit(relax.op.reshape(args[chain.residual_param], (n, c, h * w)))
+        else:
+            residual = self._float_residual(chain, args)
         func, constants = self.kernels.int8_conv_kernel(chain, layer.int8, handoff)
         gv = self.builder_.add_func(func, "penni_int8_conv")
         n, pixels = chain.out_shape[0], chain.pixels
         outputs = [_tensor((n, chain.out_channels, pixels))] if handoff.float_out else []
         if handoff.out is not None:
             outputs.append(relax.TensorType((n, channel_quads(chain.out_channels), pixels), QUAD_WORD_DTYPE))
-        args = [x] + [relax.const(c) for c in constants] + self._epilogue_args(chain, residual)
-        result = self.builder_.emit(relax.call_tir(gv, args, outputs if len(outputs) > 1 else outputs[0]))
+        kernel_args = [x] + [relax.const(c) for c in constants] + self._epilogue_args(chain, residual)
+        result = self.builder_.emit(relax.call_tir(gv, kernel_args, outputs if len(outputs) > 1 else outputs[0]))
         if handoff.out is None:
             return relax.op.reshape(result, chain.out_shape)
         if not handoff.float_out:
@@ -216,6 +210,13 @@ class _CompositeLowerer(PyExprMutator):
         """The words another int8 conv wrote for argument ``index`` of ``original``: the argument
         itself where that producer writes only words, else the words it kept aside."""
         return args[index] if _is_words(args[index]) else self._words[original.args[index]]
+
+    def _float_residual(self, chain: ConvChain, args: list[relax.Expr]) -> relax.Expr | None:
+        """The residual argument as ``(N, Cout, Ho·Wo)`` float32, the kernels' layout; None without one."""
+        if chain.residual_param is None:
+            return None
+        n, c, h, w = chain.out_shape
+        return self.builder_.emit(relax.op.reshape(args[chain.residual_param], (n, c, h * w)))
 
     def _epilogue_args(self, chain: ConvChain, residual):
         args = [relax.const(chain.bias)] if chain.epilogue.bias else []
