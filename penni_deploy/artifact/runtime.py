@@ -258,8 +258,16 @@ class CompiledModel:
                                  f"{self.input_shape}; recompile with --input-shape "
                                  f"{','.join(map(str, array.shape))} or reshape the input")
         self._use_threads()
-        out = self._thread_vm()["main"](self._tvm.runtime.tensor(np.ascontiguousarray(array), self.device))
-        return out.numpy()
+        main, staging, staged = self._thread_entry()
+        if staging is None:  # a GPU: the input has to be copied to it anyway
+            return main(self._tvm.runtime.tensor(np.ascontiguousarray(array), self.device)).numpy()
+        # On the CPU, copy into this thread's aligned input tensor and hand the output back without a
+        # copy: a fresh TVM tensor and .numpy() cost 20 µs a call, 15% of a CIFAR ResNet's run.
+        np.copyto(staged, array)
+        out = np.from_dlpack(main(staging))
+        if np.may_share_memory(out, staged):  # an output that is the input, reused by the next call
+            out = out.copy()
+        return out
 
     @property
     def thread_pool(self) -> str:
@@ -279,6 +287,19 @@ class CompiledModel:
         if vm is None:
             vm = self._vms.vm = self._make_vm(self._lib, self.device)
         return vm
+
+    def _thread_entry(self):
+        """This thread's ``main``, and on the CPU its input tensor (64-byte aligned, as TVM's kernels
+        require) with a NumPy view of it; made once per thread."""
+        entry = getattr(self._vms, "entry", None)
+        if entry is None:
+            main = self._thread_vm()["main"]
+            staging = staged = None
+            if self.device.dlpack_device_type() == 1:  # kDLCPU
+                staging = self._tvm.runtime.empty(self.input_shape, self.input_dtype, self.device)
+                staged = np.from_dlpack(staging)
+            entry = self._vms.entry = (main, staging, staged)
+        return entry
 
     def _use_threads(self) -> None:
         if self._pool is None:

@@ -37,6 +37,32 @@ def test_callable_on_numpy_and_torch(artifact):
     np.testing.assert_array_equal(model(torch.from_numpy(x)), y)
 
 
+def test_each_call_returns_its_own_output(artifact):
+    # Calls copy the input into one staging tensor per thread and return the VM's output without a
+    # copy: an earlier result must survive later calls, and a result written to must not leak.
+    model = penni_deploy.load(artifact)
+    rng = np.random.default_rng(3)
+    x1, x2 = (rng.standard_normal(TINY_SHAPE).astype(np.float32) for _ in range(2))
+    y1 = model(x1)
+    expected = y1.copy()
+    y2 = model(x2)
+    y2[...] = np.nan
+    assert np.array_equal(y1, expected) and not np.array_equal(y1, model(x2))
+    assert np.array_equal(model(x1), expected)
+    strided = np.asfortranarray(x1)  # not C-contiguous: copied into the staging tensor as values
+    assert np.array_equal(model(strided), expected)
+
+
+def test_an_output_aliasing_the_staging_input_is_copied(artifact):
+    model = penni_deploy.load(artifact)
+    main, staging, staged = model._thread_entry()
+    model._vms.entry = (lambda tensor: tensor, staging, staged)  # a program that returns its input
+    x = np.ones(TINY_SHAPE, np.float32)
+    y = model(x)
+    model(np.zeros(TINY_SHAPE, np.float32))
+    assert np.array_equal(y, x)
+
+
 def test_loading_needs_neither_torch_nor_the_compiler(artifact):
     # torch is made unimportable (TVM itself imports it when present, and copes when it is not);
     # the compiler side of penni-deploy must not be imported at all.
