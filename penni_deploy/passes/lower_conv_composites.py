@@ -8,7 +8,8 @@ KernelLibrary for the layer's exact shapes and sparsity. A PENNI layer without a
 coefficient computes no maps at all: its output is just the epilogue of zero (bias, residual,
 ReLU) in plain Relax ops. A layer the library runs in int8 (``KernelLibrary.int8_conv``) becomes
 its int8 conv, which hands the next int8 conv its output as quantized words where
-``int8_handoff.plan_int8_handoffs`` allows. Run after ``FuseConvEpilogues``, before legalization.
+``int8_handoff.plan_int8_handoffs`` allows (an option-A shortcut between them is then sliced from
+the words too). Run after ``FuseConvEpilogues``, before legalization.
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ from ..kernels.library import KernelLibrary
 from ..plan.layers import PENNI_COMPOSITE, ConvChain, PenniLayerPlan, dense_as_penni, plan_penni_layer
 from ..plan.quantize import QUAD_WORD_DTYPE, InputQuantization, Int8Handoff, channel_quads
 from .conv_chain import read_conv_chain
-from .int8_handoff import plan_int8_handoffs
+from .int8_handoff import SlicedWords, plan_int8_handoffs
 from .ir_utils import mutate_relax_functions
 
 logger = logging.getLogger(__name__)
@@ -122,7 +123,9 @@ class _CompositeLowerer(PyExprMutator):
         self.chooser = chooser
         self.lowered = 0
         self._layers: dict[relax.Call, _Layer | None] = {}
-        self.handoffs = plan_int8_handoffs(mod, self._int8_layer)
+        self.handoff_plan = plan_int8_handoffs(mod, self._int8_layer)
+        self.handoffs = self.handoff_plan.layers
+        self._dropped = self.handoff_plan.dropped()  # shortcut ops replayed on words instead
         self._binding_of = {b.value: b.var for func in mod.functions.values() if isinstance(func, relax.Function)
                             for block in func.body.blocks for b in block.bindings}
         self._words: dict[relax.Var, relax.Expr] = {}  # producer's binding -> the words it wrote
@@ -158,6 +161,11 @@ class _CompositeLowerer(PyExprMutator):
         chain = layer.chain
         return chain.input_param, chain.residual_param, InputQuantization.from_range(chain.input_range)
 
+    def visit_var_binding_(self, binding) -> None:
+        if binding.var in self._dropped:
+            return  # a shortcut op on float32 its int8 reader takes from words (``_sliced_words``)
+        super().visit_var_binding_(binding)
+
     def visit_call_(self, call: relax.Call) -> relax.Expr:
         layer = self._layer(call)
         if layer is None:
@@ -185,7 +193,10 @@ class _CompositeLowerer(PyExprMutator):
         chain = layer.chain
         handoff = self.handoffs.get(original, Int8Handoff())
         x = self._words_of(original, args, chain.input_param) if handoff.quads_in else args[chain.input_param]
-        if handoff.residual is not None:
+        sliced = self.handoff_plan.sliced.get(original.args[chain.residual_param]) if handoff.residual else None
+        if sliced is not None:
+            residual = self._sliced_words(sliced, handoff.residual)
+        elif handoff.residual is not None:
             residual = self._words_of(original, args, chain.residual_param)
         else:
             residual = self._float_residual(chain, args)
@@ -210,6 +221,28 @@ class _CompositeLowerer(PyExprMutator):
         """The words another int8 conv wrote for argument ``index`` of ``original``: the argument
         itself where that producer writes only words, else the words it kept aside."""
         return args[index] if _is_words(args[index]) else self._words[original.args[index]]
+
+    def _sliced_words(self, chain: SlicedWords, quant: InputQuantization) -> relax.Expr:
+        """The shortcut ``chain`` replayed on its source's words, ``(N, quads, Ho·Wo)``: the spatial
+        slices as they are, channel pads by whole quads, every pad filled with the code of zero."""
+        source = self.visit_expr(chain.source)
+        words = source if _is_words(source) else self._words[chain.source]
+        n, channels, h, w = (int(d) for d in chain.source.ty.shape)
+        quads = channel_quads(channels)
+        value = self.builder_.emit(relax.op.reshape(words, (n, quads, h, w)))
+        zero_word = float(quant.zero_point * 0x01010101)  # exact in the attribute's float64
+        for op in chain.ops:
+            if op.op.name == "relax.strided_slice":
+                value = self.builder_.emit(relax.Call(op.op, [value, *op.args[1:]], op.attrs))
+                continue
+            widths = [int(width) for width in op.attrs.pad_width]
+            before = widths[2] // 4
+            channels += widths[2] + widths[3]
+            after = channel_quads(channels) - quads - before
+            value = self.builder_.emit(relax.op.nn.pad(value, [0, 0, before, after, *widths[4:]], pad_value=zero_word))
+            quads = channel_quads(channels)
+        _, _, ho, wo = (int(d) for d in value.ty.shape)
+        return self.builder_.emit(relax.op.reshape(value, (n, quads, ho * wo)))
 
     def _float_residual(self, chain: ConvChain, args: list[relax.Expr]) -> relax.Expr | None:
         """The residual argument as ``(N, Cout, Ho·Wo)`` float32, the kernels' layout; None without one."""
@@ -274,6 +307,7 @@ class LowerConvComposites:
             return mod
         logger.info("LowerConvComposites: lowered %d conv chains to kernels", lowerer.lowered)
         if lowerer.handoffs:
-            logger.info("LowerConvComposites: %d int8 convs read their input as the previous one's quantized words",
-                        sum(h.quads_in for h in lowerer.handoffs.values()))
+            logger.info("LowerConvComposites: %d int8 convs read their input as the previous one's quantized "
+                        "words, %d shortcuts are sliced from words", sum(h.quads_in for h in lowerer.handoffs.values()),
+                        len(lowerer.handoff_plan.sliced))
         return relax.transform.DeadCodeElimination()(new_mod)
