@@ -72,6 +72,17 @@ class OptionANetSigned(OptionANet):
         return self.fc(torch.relu(self.conv_b(torch.relu(self.conv_a(h))) + shortcut).mean(dim=(2, 3)))
 
 
+class OptionANetSharedSlice(OptionANet):
+    """The subsampled block input also feeds the output directly: its float32 is needed."""
+
+    def forward(self, x):
+        h = torch.relu(self.stem(x))
+        sub = h[:, :, ::2, ::2]
+        shortcut = nn.functional.pad(sub, (0, 0, 0, 0, self.pad, self.pad))
+        out = torch.relu(self.conv_b(torch.relu(self.conv_a(h))) + shortcut).mean(dim=(2, 3))
+        return self.fc(out) + sub.mean()
+
+
 class OptionANetHalfQuads(OptionANet):
     pad = 2  # channels shifted by half a quad: the words cannot be, the shortcut stays float32
 
@@ -162,11 +173,13 @@ def test_an_option_a_shortcut_is_read_from_the_words_in_whole_channel_quads():
 
     # without shortcut words, or channels padded by half a quad: the slicing reads the float32
     assert not plan_int8_handoffs(mod, _all_int8(calls, same), residual_words=False).sliced
-    mod = _graph(OptionANetHalfQuads)
-    calls = list(_composite_calls(mod))
-    plan = plan_int8_handoffs(mod, _all_int8(calls, same))
-    assert not plan.sliced and plan.layers[calls[0][0]].float_out
-    assert plan.layers.get(calls[2][0], Int8Handoff()).residual is None
+    # ... and where a slice on the way is read by anything else
+    for cls in (OptionANetHalfQuads, OptionANetSharedSlice):
+        mod = _graph(cls)
+        calls = list(_composite_calls(mod))
+        plan = plan_int8_handoffs(mod, _all_int8(calls, same))
+        assert not plan.sliced and plan.layers[calls[0][0]].float_out
+        assert plan.layers.get(calls[2][0], Int8Handoff()).residual is None
 
 
 def _build(monkeypatch, options, plan, cls=TwoBlockNet):

@@ -110,7 +110,7 @@ def plan_int8_handoffs(mod: tvm.IRModule, int8_layer: Int8Layer, residual_words:
             use = uses.get(var, _Uses())
             inner_single = all(chain_reads.get(v, 0) == 1 and v not in uses for v in chain.bindings[:-1])
             if (use.int8_residuals and not use.int8_inputs and not use.other and chain_reads.get(var, 0) == 0
-                    and inner_single and _channels(chain.source) % 4 == 0):
+                    and inner_single and int(chain.source.ty.shape[1]) % 4 == 0):  # whole quads to shift
                 candidates.setdefault(chain.source, []).append(chain)
             else:
                 uses.setdefault(chain.source, _Uses()).other = True
@@ -151,11 +151,6 @@ def _is_shortcut_op(value: relax.Expr) -> bool:
         return (attrs.pad_mode == "constant" and float(attrs.pad_value) == 0.0 and widths[:2] == [0, 0]
                 and widths[2] % 4 == 0)
     return False
-
-
-def _channels(var: relax.Var) -> int:
-    ty = var.ty
-    return int(ty.shape[1]) if isinstance(ty, relax.TensorType) and ty.ndim == 4 else -1
 
 
 def _update(handoffs: dict[relax.Call, Int8Handoff], call: relax.Call, **changes) -> None:
