@@ -55,36 +55,63 @@ def _reference_tile(A, B):
     return bf16.round_to_bf16(A).T.astype(np.float64) @ bf16.round_to_bf16(B).astype(np.float64)
 
 
+def _tile_function():
+    f = load_into_process().penni_bf16_tile
+    P, I32 = ctypes.c_void_p, ctypes.c_int32
+    f.argtypes, f.restype = [P, I32, P, I32, I32, I32, I32, P, I32, I32, P, P, I32], I32
+    return f
+
+
 @needs_bf16
 @pytest.mark.parametrize("rows, cols, depth, col_stride", [
     (8, 48, 256, 1), (8, 48, 1, 1), (1, 1, 2, 1), (3, 17, 7, 1), (5, 33, 65, 1), (7, 16, 10, 1),
     (8, 48, 64, 100), (2, 5, 9, 7),
 ])
-def test_micro_kernel_tile(rows, cols, depth, col_stride):
-    lib = load_into_process()
-    f = lib.penni_bf16_tile
-    P, I32 = ctypes.c_void_p, ctypes.c_int32
-    f.argtypes, f.restype = [P, I32, P, I32, I32, I32, I32, P, I32, I32], I32
+@pytest.mark.parametrize("epilogue", [Epilogue(), Epilogue(bias=True, residual=True, relu=True),
+                                      Epilogue(bias=True), Epilogue(residual=True), Epilogue(relu=True)],
+                         ids=lambda e: e.describe() or "none")
+def test_micro_kernel_tile(rows, cols, depth, col_stride, epilogue):
+    f = _tile_function()
     rng = np.random.default_rng(rows * 100 + cols)
     A = rng.standard_normal((depth, rows)).astype(np.float32)
     B = rng.standard_normal((depth, cols)).astype(np.float32)
     a, b = bf16.pack_pairs(A, 0), bf16.pack_pairs(B, 0)
     row_stride = cols if col_stride == 1 else 1
-    out = np.full(rows * row_stride + cols * col_stride, np.nan, np.float32)
+    size = rows * row_stride + cols * col_stride
+    out = np.full(size, np.nan, np.float32)
+    residual = rng.standard_normal(size).astype(np.float32)
+    # The output channel is the row axis in the pixels orientation (col_stride 1), the column axis in
+    # the channels one; the bias follows it.
+    per_rows = col_stride == 1
+    bias = rng.standard_normal(rows if per_rows else cols).astype(np.float32)
+    flags = ((bf16.RELU if epilogue.relu else 0) | (bf16.RESIDUAL if epilogue.residual else 0)
+             | ((bf16.BIAS_ROWS if per_rows else bf16.BIAS_COLS) if epilogue.bias else 0))
     assert f(a.ctypes.data, rows, b.ctypes.data, cols, a.shape[0], rows, cols, out.ctypes.data, row_stride,
-             col_stride) == 0
-    got = np.array([[out[i * row_stride + j * col_stride] for j in range(cols)] for i in range(rows)])
+             col_stride, bias.ctypes.data, residual.ctypes.data, flags) == 0
+    at = np.array([[i * row_stride + j * col_stride for j in range(cols)] for i in range(rows)])
     ref = _reference_tile(A, B)
-    np.testing.assert_allclose(got, ref, rtol=1e-5, atol=1e-5 * np.abs(ref).max())
+    if epilogue.bias:
+        ref = ref + (bias[:, None] if per_rows else bias[None, :])
+    if epilogue.residual:
+        ref = ref + residual[at]
+    if epilogue.relu:
+        ref = np.maximum(ref, 0)
+    np.testing.assert_allclose(out[at], ref, rtol=1e-5, atol=1e-5 * np.abs(ref).max())
+    untouched = np.ones(size, bool)
+    untouched[at.ravel()] = False
+    assert np.isnan(out[untouched]).all()  # nothing outside the tile is written
 
 
 @needs_bf16
 def test_micro_kernel_refuses_a_tile_it_cannot_hold():
-    f = load_into_process().penni_bf16_tile
-    f.restype = ctypes.c_int32
+    f = _tile_function()
     buf = np.zeros(1024, np.uint32)
     for rows, cols in [(9, 16), (0, 16), (4, 49), (4, 0)]:
-        assert f(buf.ctypes.data, 8, buf.ctypes.data, 48, 1, rows, cols, buf.ctypes.data, 48, 1) == -1
+        assert f(buf.ctypes.data, 8, buf.ctypes.data, 48, 1, rows, cols, buf.ctypes.data, 48, 1,
+                 buf.ctypes.data, buf.ctypes.data, 0) == -1
+    # a bias along both axes is a caller's mistake
+    assert f(buf.ctypes.data, 8, buf.ctypes.data, 48, 1, 8, 48, buf.ctypes.data, 48, 1, buf.ctypes.data,
+             buf.ctypes.data, bf16.BIAS_ROWS | bf16.BIAS_COLS) == -1
 
 
 def _run_bf16_case(case, epilogue, batch, orientation, run_primfunc, seed=1):

@@ -7,7 +7,8 @@ bits (element 2k low, 2k+1 high), and adds both products of a pair into a float3
   zero;
 - activations stay float32 between layers; each task rounds the panel it reads into pairs
   (``emit_pair_panel``), which is also where the float32 GEMM copies its panel;
-- the micro-kernel (``native/bf16_tile.c``) is called per register tile (``emit_tile_call``).
+- the micro-kernel (``native/bf16_tile.c``) is called per register tile (``emit_tile_call``), with the
+  conv's epilogue applied to its registers.
 
 Rounding is to nearest, ties to even, as ``vcvtne2ps2bf16`` and PyTorch's ``.bfloat16()`` do.
 """
@@ -18,6 +19,7 @@ import numpy as np
 from tvm import tirx
 from tvm.script.ir_builder import tirx as T
 
+from ...plan.epilogue import Epilogue
 from .native import BF16_TILE
 
 U32 = "uint32"
@@ -78,12 +80,30 @@ def emit_pair_panel(panel, depth: int, size: int, read) -> None:
             T.buffer_store(panel, pair_word(read(depth - 1, v), None), [full, v])
 
 
+#: ``flags`` bits of the micro-kernel's fused epilogue (mirrors the enum in bf16_tile.c).
+RELU, BIAS_ROWS, BIAS_COLS, RESIDUAL = 1, 2, 4, 8
+
+
 def emit_tile_call(a, a_offset, lda: int, b, b_offset, ldb: int, kpairs: int, rows: int, cols: int,
-                   c, c_offset, row_stride: int, col_stride: int) -> None:
-    """One micro-kernel call: ``c[c_offset + i·row_stride + j·col_stride] = Σ_p dot2(a[a_offset + p·lda + i],
-    b[b_offset + p·ldb + j])`` for ``i < rows <= 8``, ``j < cols <= 48`` (see bf16_tile.c)."""
+                   c, c_offset, row_stride: int, col_stride: int, *, epilogue: Epilogue | None = None,
+                   bias=None, bias_offset=0, bias_per: str = "rows", residual=None) -> None:
+    """One micro-kernel call: ``c[c_offset + i·row_stride + j·col_stride] = epilogue(Σ_p dot2(a[a_offset +
+    p·lda + i], b[b_offset + p·ldb + j]))`` for ``i < rows <= 8``, ``j < cols <= 48`` (see bf16_tile.c).
+
+    The epilogue runs on the registers: ``bias[bias_offset + i]`` (``bias_per="rows"``) or ``+ j``
+    (``"cols"``), ``residual`` read at c's offsets, then ReLU; each part only where ``epilogue`` has it.
+    """
+    epilogue = epilogue or Epilogue()
+    flags = (RELU if epilogue.relu else 0) | (RESIDUAL if epilogue.residual else 0)
+    if epilogue.bias:
+        flags |= BIAS_ROWS if bias_per == "rows" else BIAS_COLS
+    c_ptr = c.access_ptr("w", offset=c_offset)
+    # Parts that are off get a valid pointer the kernel never reads (TIR has no null handle literal).
+    bias_ptr = bias.access_ptr("r", offset=bias_offset) if epilogue.bias else c_ptr
+    residual_ptr = residual.access_ptr("r", offset=c_offset) if epilogue.residual else c_ptr
     T.evaluate(T.call_extern("int32", BF16_TILE,
                              a.access_ptr("r", offset=a_offset), T.int32(lda),
                              b.access_ptr("r", offset=b_offset), T.int32(ldb),
                              T.int32(kpairs), T.int32(rows), T.int32(cols),
-                             c.access_ptr("w", offset=c_offset), T.int32(row_stride), T.int32(col_stride)))
+                             c_ptr, T.int32(row_stride), T.int32(col_stride),
+                             bias_ptr, residual_ptr, T.int32(flags)))

@@ -317,23 +317,20 @@ def gemm_conv_kernel(geom: ConvGeometry, out_channels: int, epilogue: Epilogue, 
                             _row_tiles(size, tile.rows, row_tile)
 
                     def bf16_block(ob, o0, rows, size):
-                        """One block of output channels on the micro-kernel, written to Y, then its
-                        epilogue in place (the tile is still in L1)."""
+                        """One block of output channels on the micro-kernel, its epilogue applied in
+                        registers, written to Y."""
                         y_at = (n * out_channels + o0) * pixels + p0
+                        fused = dict(epilogue=epilogue, bias=bias, bias_offset=o0, residual=residual)
                         if orientation == "pixels":
                             bf16.emit_tile_call(Wp, ob * kpairs * weight_width, weight_width, panel, 0, size,
-                                                kpairs, rows, size, Y, y_at, pixels, 1)
+                                                kpairs, rows, size, Y, y_at, pixels, 1, bias_per="rows", **fused)
                         else:
                             def row_tile(r0, nrows):
                                 bf16.emit_tile_call(panel, r0, size, Wp, ob * kpairs * weight_width, weight_width,
-                                                    kpairs, nrows, rows, Y, y_at + r0, 1, pixels)
+                                                    kpairs, nrows, rows, Y, y_at + r0, 1, pixels, bias_per="cols",
+                                                    **fused)
 
                             _row_tiles(size, tile.rows, row_tile)
-                        if epilogue.bias or epilogue.residual or epilogue.relu:
-                            with T.serial(0, rows) as i:
-                                for c0, width in vector_pieces(size, lanes):
-                                    with T.vectorized(0, width) as v:
-                                        out(n, o0 + i, p0 + c0 + v, Y[n, o0 + i, p0 + c0 + v])
 
                     first = chunk * per_chunk
                     last_full = out_channels // weight_width  # blocks with every channel real
