@@ -114,6 +114,10 @@ def compile(  # noqa: A001 - the command is called compile
     percentile: Percentile = 99.99,
     int8_layers: Annotated[str, typer.Option(
         help="int8: auto (each PENNI layer in int8 where that is estimated faster than float32), or all.")] = "auto",
+    fp32_layers: Annotated[Optional[str], typer.Option(
+        help="bf16: keep these conv layers in float32, by their #N in --report and `profile` (e.g. 0-10,43): "
+             "the few early layers that make most of a network's bf16 error "
+             "(benchmarks/bf16_error_sources.py finds them).")] = None,
     eval_data: Annotated[Optional[Path], typer.Option(
         help="A labelled CIFAR-10 folder (as `compress` reads): print the top-1 on its test split of this build "
              "and of the float32 build side by side.")] = None,
@@ -132,7 +136,8 @@ def compile(  # noqa: A001 - the command is called compile
     quiet: Quiet = False,
 ) -> None:
     """Compile MODEL into one deployable artifact file."""
-    from .compiler import COMPILE_STAGES, CompileOptions, compile_model
+    from .compiler import COMPILE_STAGES, CompileOptions, check_fp32_layers, compile_model
+    from .passes.layer_precision import parse_layer_numbers
     from .passes.layer_report import format_layer_table
 
     check_output_file(output, "-o", create_folders=True)  # before minutes of compiling, not after
@@ -141,8 +146,10 @@ def compile(  # noqa: A001 - the command is called compile
                              tuning_db=str(tuning_db) if tuning_db else None, precision=precision,
                              micro_batch=micro_batch, calibration=str(calibration) if calibration else None,
                              calibration_method=calibration_method, percentile=percentile,
-                             int8_layers=int8_layers)
+                             int8_layers=int8_layers,
+                             fp32_layers=parse_layer_numbers(fp32_layers) if fp32_layers else ())
     _check_calibration_options(options)
+    check_fp32_layers(options)
     options.make_target()  # an unsupported --precision or --mcpu fails here, before loading the model
     progress = Progress(quiet, stages=COMPILE_STAGES, label="compile")
     with progress.activate():
@@ -170,7 +177,8 @@ def _print_top1_against_fp32(model, artifact, data, limit, options, model_arch, 
         builds = [("fp32", artifact)]
         if options.precision != "fp32":
             builds = [("fp32", os.path.join(tmp, "fp32.penni")), (options.precision, artifact)]
-            fp32 = dataclasses.replace(options, precision="fp32", calibration=None, int8_layers="auto")
+            fp32 = dataclasses.replace(options, precision="fp32", calibration=None, int8_layers="auto",
+                                       fp32_layers=())
             progress = Progress(quiet, label="fp32 build")
             with progress.activate():
                 compile_model(model, builds[0][1], arch=model_arch, trust_pickle=trust_pickle,

@@ -27,6 +27,7 @@ from .frontend import export_program, load_model, resolve_input_shape, to_relax
 from .frontend.load_model import LoadedModel
 from .frontend.rebatch import rebatch_program
 from .passes import PipelineOptions, graph_passes, run_passes
+from .passes.layer_precision import keep_layers_fp32
 from .passes.layer_report import describe_conv_layers
 from .plan.micro_batch import choose_micro_batch, layer_footprint_bytes
 from .plan.quantize import DEFAULT_PERCENTILE
@@ -73,6 +74,8 @@ class CompileOptions:
     micro_batch : int, optional
         Images per pass through the network (a divisor of the batch); by default chosen so that a
         layer's tensors fit the target's cache (``plan.micro_batch``).
+    fp32_layers : tuple of int
+        bf16: conv layers (their ``#N`` in the reports) kept in float32 (``passes.layer_precision``).
     """
 
     target: str = "x86"
@@ -87,6 +90,7 @@ class CompileOptions:
     calibration_method: str = "minmax"
     percentile: float = DEFAULT_PERCENTILE
     int8_layers: str = "auto"
+    fp32_layers: tuple[int, ...] = ()
 
     def make_target(self):
         return get_target(self.target, mcpu=self.mcpu, arch=self.gpu_arch, precision=self.precision,
@@ -147,14 +151,24 @@ def graph_for_build(program: torch.export.ExportedProgram, input_shape: tuple[in
     return mod, images, seconds
 
 
+def check_fp32_layers(options: CompileOptions) -> None:
+    """Refuse ``fp32_layers`` where they mean nothing: only a bf16 build has layers to keep in float32."""
+    if options.fp32_layers and options.precision != "bf16":
+        raise InputSpecError(f"--fp32-layers is for --precision bf16 (this build is {options.precision}); "
+                             "drop it, or add --precision bf16")
+
+
 def compile_program(program: torch.export.ExportedProgram, input_shape: tuple[int, ...],
                     options: CompileOptions = CompileOptions(), progress: Progress = _quiet,
                     retrace: Callable[[tuple[int, ...]], torch.export.ExportedProgram] | None = None,
                     ) -> CompiledProgram:
     """Compile an ExportedProgram (float32, one NCHW input) for ``options.target`` (``retrace``: see
     ``graph_for_build``)."""
+    check_fp32_layers(options)
     target = options.make_target()
     mod, micro_batch, seconds = graph_for_build(program, tuple(input_shape), target, options, progress, retrace)
+    if options.fp32_layers:
+        mod = keep_layers_fp32(mod, options.fp32_layers)
     calibration = None
     if options.precision == "int8":
         start = time.perf_counter()

@@ -37,6 +37,15 @@ def with_input_range(func: relax.Function, rng: ActivationRange) -> relax.Functi
     return func.with_attr(INPUT_RANGE_ATTR, f"{rng.low!r} {rng.high!r}")
 
 
+#: Composite attribute naming a precision the layer is kept in against the build's (``--fp32-layers``).
+PRECISION_ATTR = "penni_deploy.precision"
+
+
+def with_precision(func: relax.Function, precision: str) -> relax.Function:
+    """``func`` (a conv composite) kept in ``precision`` whatever the build's precision."""
+    return func.with_attr(PRECISION_ATTR, precision)
+
+
 def read_input_range(func: relax.Function) -> ActivationRange | None:
     if func.attrs is None or INPUT_RANGE_ATTR not in func.attrs:
         return None
@@ -72,12 +81,13 @@ def read_conv_chain(func: relax.Function) -> ConvChain:
             chain_vars.add(var)
     out_shape = static_shape(func.body.body) if static_shape(func.body.body) else static_shape(last)
     input_range = read_input_range(func)
+    precision = str(func.attrs[PRECISION_ATTR]) if PRECISION_ATTR in func.attrs else None
     if kind == PENNI_COMPOSITE:
         coefs = const_value(last.args[1])
         return ConvChain(kind, _geometry(first, in_shape), out_shape, coefs.reshape(coefs.shape[0], -1),
                          const_value(first.args[1]), bias, epilogue, params.index(first.args[0]), residual_param,
-                         input_range)
+                         input_range, precision)
     if kind == DENSE_COMPOSITE:
         return ConvChain(kind, _geometry(first, in_shape), out_shape, const_value(first.args[1]), None, bias,
-                         epilogue, params.index(first.args[0]), residual_param, input_range)
+                         epilogue, params.index(first.args[0]), residual_param, input_range, precision)
     raise UnsupportedModelError(f"internal: unknown composite {kind!r}")

@@ -13,17 +13,22 @@ from ..plan.layers import PENNI_COMPOSITE, dense_as_penni, plan_penni_layer
 from .conv_chain import read_conv_chain
 
 
-def _composite_calls_in_order(mod: tvm.IRModule) -> list[relax.Function]:
-    funcs = []
+def composite_vars_in_order(mod: tvm.IRModule) -> list[relax.GlobalVar]:
+    """The conv composites ``main`` calls, in execution order: what layer ``#N`` of the reports is."""
+    gvars = []
 
     def visit(expr):
         if isinstance(expr, relax.Call) and isinstance(expr.op, relax.GlobalVar):
             func = mod[expr.op]
             if isinstance(func, relax.Function) and func.attrs is not None and "Composite" in func.attrs:
-                funcs.append(func)
+                gvars.append(expr.op)
 
     relax.analysis.post_order_visit(mod["main"], visit)
-    return funcs
+    return gvars
+
+
+def _composite_calls_in_order(mod: tvm.IRModule) -> list[relax.Function]:
+    return [mod[gv] for gv in composite_vars_in_order(mod)]
 
 
 def describe_conv_layers(mod: tvm.IRModule, chooser=None) -> list[dict]:
@@ -78,6 +83,9 @@ def describe_conv_layers(mod: tvm.IRModule, chooser=None) -> list[dict]:
                 kernels += f" ({source})"
             entry.update(kind="dense", bases=None, coef_density=density, maps_computed=None, maps_total=None,
                          macs_dense=macs, macs_compiled=compiled, kernels=kernels + chain.epilogue.describe())
+        if chain.precision is not None:  # kept out of the build's reduced precision (--fp32-layers)
+            entry["precision"] = chain.precision
+            entry["kernels"] += f" [{chain.precision}]"
         layers.append(entry)
     return layers
 

@@ -37,6 +37,7 @@ class ConvChain:
     input_param: int  # index of the composite's parameter that is the conv input
     residual_param: int | None  # ... and of the residual, when fused
     input_range: ActivationRange | None = None  # the calibrated range of the input (int8 builds)
+    precision: str | None = None  # "fp32": kept in float32 in a reduced-precision build (--fp32-layers)
 
     @property
     def out_channels(self) -> int:

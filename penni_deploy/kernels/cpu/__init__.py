@@ -71,10 +71,11 @@ class CpuKernels(KernelLibrary):
     def dense_conv(self, chain):
         g, cout = chain.geometry, chain.out_channels
         orientation = pick_orientation(chain.pixels, cout, self.lanes)
+        precision = chain.precision or self.gemm_precision  # a layer kept in fp32 (--fp32-layers)
         kernel = gemm_conv_kernel(g, cout, chain.epilogue, lanes=self.lanes, threads=self.threads,
-                                  orientation=orientation, precision=self.gemm_precision)
+                                  orientation=orientation, precision=precision)
         constants = [self._packed(pack_weights(chain.weight.reshape(cout, -1).astype(np.float32), orientation,
-                                               default_tile(self.lanes)))]
+                                               default_tile(self.lanes)), precision)]
         if needs_base_table(g):
             constants.append(conv_source(g)[2])
         return kernel, constants
@@ -87,9 +88,9 @@ class CpuKernels(KernelLibrary):
         # weight is (K, out): pack its transpose, (out, K), like a conv's.
         return kernel, [self._packed(pack_weights(np.ascontiguousarray(weight.T, dtype=np.float32), "channels", tile))]
 
-    def _packed(self, weights: np.ndarray) -> np.ndarray:
-        """Packed float32 weights in this library's precision."""
-        return bf16.pack_weight_pairs(weights) if self.gemm_precision == "bf16" else weights
+    def _packed(self, weights: np.ndarray, precision: str | None = None) -> np.ndarray:
+        """Packed float32 weights in ``precision`` (default: this library's GEMM precision)."""
+        return bf16.pack_weight_pairs(weights) if (precision or self.gemm_precision) == "bf16" else weights
 
     def _int8_packed(self, chain, weight) -> int8.PackedInt8Conv:
         quant = InputQuantization.from_range(chain.input_range)
