@@ -147,7 +147,7 @@ def compile(  # noqa: A001 - the command is called compile
                              micro_batch=micro_batch, calibration=str(calibration) if calibration else None,
                              calibration_method=calibration_method, percentile=percentile,
                              int8_layers=int8_layers,
-                             fp32_layers=parse_layer_numbers(fp32_layers) if fp32_layers else ())
+                             fp32_layers=parse_layer_numbers(fp32_layers) if fp32_layers is not None else ())
     _check_calibration_options(options)
     check_fp32_layers(options)
     options.make_target()  # an unsupported --precision or --mcpu fails here, before loading the model

@@ -86,7 +86,8 @@ def test_fp32_layers_options_are_checked_before_loading(tmp_path, capsys):
     missing = str(tmp_path / "missing.pt2")
     for args, words in [(["--fp32-layers", "0-2"], "is for --precision bf16"),
                         (["--precision", "bf16", "--mcpu", "cooperlake", "--fp32-layers", "3-1"], "ascending"),
-                        (["--precision", "bf16", "--mcpu", "cooperlake", "--fp32-layers", "first"], "not a layer number")]:
+                        (["--precision", "bf16", "--mcpu", "cooperlake", "--fp32-layers", "first"], "not a layer number"),
+                        (["--precision", "bf16", "--mcpu", "cooperlake", "--fp32-layers", ""], "not a layer number")]:
         assert main(["compile", missing, "-o", str(tmp_path / "x.penni"), *args]) != 0
         err = capsys.readouterr().err
         assert words in err and "no such model file" not in err
